@@ -1,0 +1,1 @@
+"""The runner-side client: publish, scrub, batch, spool, rate limits, preflight reads, broadcasts."""

@@ -1,0 +1,1 @@
+"""What travels (messages) and what is stored (records, tables, migrations)."""

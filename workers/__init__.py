@@ -1,0 +1,1 @@
+"""Worker side: the Celery app, ingest tasks, the store, detection and maintenance."""

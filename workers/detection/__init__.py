@@ -1,0 +1,1 @@
+"""Pattern detection from sheet outcomes, output extraction, matching and guidance strings."""

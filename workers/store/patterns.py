@@ -1,0 +1,390 @@
+"""Patterns: upsert with content-hash merge, applications with effectiveness, priority, queries."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Row, and_, column, exists, func, literal, or_, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.elements import ColumnElement
+
+from ostinato.schema.identity import content_hash, pattern_id
+from ostinato.schema.records import PatternRecord, QuarantineStatus
+from ostinato.schema.tables import UTCDateTime, pattern_applications, patterns
+from ostinato.workers.store import formulas
+from ostinato.workers.store.base import StoreBase, new_id, transactional
+
+log = structlog.get_logger(__name__)
+
+RETIRED = QuarantineStatus.RETIRED.value
+
+
+@dataclass(frozen=True)
+class ApplicationInput:
+    """One application of a pattern to a sheet, as the store records it."""
+
+    pattern_id: str
+    pattern_led_to_success: bool
+    applied_at: datetime
+    execution_id: str | None = None
+    retry_count_before: int = 0
+    retry_count_after: int = 0
+    grounding_confidence: float | None = None
+    application_mode: str = "exploitation"
+    validation_passed: bool | None = None
+    id: str = field(default_factory=new_id)
+
+
+class PatternsMixin(StoreBase):
+    """Pattern rows: create, merge, apply, score and query."""
+
+    def earlier(self, col: Any, value: datetime) -> ColumnElement[Any]:
+        name = "least" if self.dialect == "postgresql" else "min"
+        return getattr(func, name)(col, literal(value, UTCDateTime()), type_=UTCDateTime())  # type: ignore[no-any-return]
+
+    def insert(self, table: Any) -> Any:
+        """The dialect's INSERT, which knows ``ON CONFLICT``."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    # -- create / update --------------------------------------------------------------------------------
+
+    @transactional
+    def record_pattern(
+        self,
+        pattern_type: str,
+        pattern_name: str,
+        description: str | None = None,
+        context_tags: list[str] | None = None,
+        suggested_action: str | None = None,
+        provenance_job_hash: str | None = None,
+        provenance_sheet_num: int | None = None,
+        instrument_name: str | None = None,
+        *,
+        seen_at: datetime | None = None,
+        count: int = 1,
+    ) -> str:
+        """Create a pattern or count another sighting of it; returns the id of the row that took it.
+
+        ``count`` sightings are added at once (a batch combines its reports of one pattern into one update).
+        Tags ``None`` keep the stored tags, ``[]`` clears them.
+        """
+        seen_at = seen_at or self.now()
+        pid = pattern_id(pattern_type, pattern_name)
+        digest = content_hash(pattern_type, pattern_name, description)
+        sighting: dict[str, Any] = {
+            "occurrence_count": patterns.c.occurrence_count + count,
+            "last_seen": self.later(patterns.c.last_seen, seen_at),
+            "first_seen": self.earlier(patterns.c.first_seen, seen_at),
+            "active": True,
+        }
+        by_id = dict(sighting)
+        if description is not None:
+            by_id["description"] = description
+            by_id["content_hash"] = digest
+        if suggested_action is not None:
+            by_id["suggested_action"] = suggested_action
+        if context_tags is not None:
+            by_id["context_tags"] = list(context_tags)
+
+        found = self.conn.execute(
+            update(patterns).where(patterns.c.id == pid).values(by_id).returning(patterns.c.id)
+        ).scalar()
+        if found is not None:
+            return pid
+
+        twin = (
+            select(patterns.c.id)
+            .where(patterns.c.content_hash == digest)
+            .order_by(patterns.c.priority_score.desc(), patterns.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        merged = self.conn.execute(
+            update(patterns).where(patterns.c.id == twin).values(sighting).returning(patterns.c.id)
+        ).scalar()
+        if merged is not None:
+            return str(merged)
+
+        statement = self.insert(patterns).values(
+            id=pid,
+            pattern_type=pattern_type,
+            pattern_name=pattern_name,
+            description=description,
+            occurrence_count=count,
+            first_seen=seen_at,
+            last_seen=seen_at,
+            last_confirmed=seen_at,
+            suggested_action=suggested_action,
+            context_tags=list(context_tags or []),
+            provenance_job_hash=provenance_job_hash,
+            provenance_sheet_num=provenance_sheet_num,
+            trust_calculation_date=seen_at,
+            content_hash=digest,
+            instrument_name=instrument_name,
+        )
+        excluded_update = {k: v for k, v in by_id.items() if k != "occurrence_count"}
+        excluded_update["occurrence_count"] = patterns.c.occurrence_count + count
+        self.conn.execute(statement.on_conflict_do_update(index_elements=["id"], set_=excluded_update))
+        return pid
+
+    # -- applications -----------------------------------------------------------------------------------
+
+    @transactional
+    def record_pattern_application(
+        self,
+        pattern_id: str,
+        execution_id: str | None,
+        pattern_led_to_success: bool,
+        retry_count_before: int = 0,
+        retry_count_after: int = 0,
+        application_mode: str = "exploitation",
+        validation_passed: bool | None = None,
+        grounding_confidence: float | None = None,
+        *,
+        applied_at: datetime | None = None,
+    ) -> str:
+        """Record one application and rescore the pattern; the id is returned even for an unknown pattern."""
+        application = ApplicationInput(
+            pattern_id=pattern_id,
+            execution_id=execution_id,
+            pattern_led_to_success=pattern_led_to_success,
+            applied_at=applied_at or self.now(),
+            retry_count_before=retry_count_before,
+            retry_count_after=retry_count_after,
+            application_mode=application_mode,
+            validation_passed=validation_passed,
+            grounding_confidence=grounding_confidence,
+        )
+        self.record_pattern_applications([application])
+        return application.id
+
+    @transactional
+    def record_pattern_applications(self, applications: Sequence[ApplicationInput]) -> list[str]:
+        """Record many applications with one locked counter update and one rescore per pattern.
+
+        Pattern rows are locked in id order, so concurrent batches cannot deadlock on each other.
+        Applications of unknown patterns are skipped (and logged), as upstream does.
+        """
+        by_pattern: dict[str, list[ApplicationInput]] = defaultdict(list)
+        for application in applications:
+            by_pattern[application.pattern_id].append(application)
+        known = set(self.lock_patterns(by_pattern))
+        for missing in sorted(set(by_pattern) - known):
+            log.info("pattern_application_skipped", reason="pattern_not_found", pattern_id=missing)
+        rows = [
+            {
+                "id": a.id,
+                "pattern_id": a.pattern_id,
+                "execution_id": a.execution_id,
+                "applied_at": a.applied_at,
+                "pattern_led_to_success": a.pattern_led_to_success,
+                "retry_count_before": a.retry_count_before,
+                "retry_count_after": a.retry_count_after,
+                "grounding_confidence": a.grounding_confidence,
+                "application_mode": a.application_mode,
+                "validation_passed": a.validation_passed,
+            }
+            for pid in sorted(known)
+            for a in by_pattern[pid]
+        ]
+        if rows:
+            self.conn.execute(pattern_applications.insert(), rows)
+        for pid in sorted(known):
+            group = by_pattern[pid]
+            successes = [a.applied_at for a in group if a.pattern_led_to_success]
+            values: dict[str, Any] = {
+                "led_to_success_count": patterns.c.led_to_success_count + len(successes),
+                "led_to_failure_count": patterns.c.led_to_failure_count + (len(group) - len(successes)),
+            }
+            if successes:
+                values["last_confirmed"] = self.later(patterns.c.last_confirmed, max(successes))
+            self.conn.execute(update(patterns).where(patterns.c.id == pid).values(values))
+            self.rescore(pid)
+        return [a.id for a in applications]
+
+    def lock_patterns(self, ids: Iterable[str]) -> list[str]:
+        """Lock the existing pattern rows among ``ids`` in id order; returns the ids that exist."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        query = (
+            select(patterns.c.id).where(patterns.c.id.in_(wanted)).order_by(patterns.c.id).with_for_update()
+        )
+        return list(self.conn.execute(query).scalars())
+
+    def rescore(self, pid: str, as_of: datetime | None = None) -> float | None:
+        """Recompute and store a pattern's effectiveness and priority.
+
+        ``as_of`` defaults to the pattern's newest application, so the stored score depends only on the
+        recorded history, never on when a worker happened to apply the message.
+        """
+        row = self.conn.execute(
+            select(
+                patterns.c.led_to_success_count,
+                patterns.c.led_to_failure_count,
+                patterns.c.last_confirmed,
+                patterns.c.occurrence_count,
+                patterns.c.variance,
+                patterns.c.quarantine_status,
+            ).where(patterns.c.id == pid)
+        ).first()
+        if row is None:
+            return None
+        recent = self.recent_applications(pid, formulas.RECENT_WINDOW)
+        if as_of is None:
+            as_of = max([row.last_confirmed, *(r.applied_at for r in recent)])
+        score = formulas.effectiveness(
+            row.led_to_success_count,
+            row.led_to_failure_count,
+            [r.pattern_led_to_success for r in recent],
+            [r.grounding_confidence for r in recent],
+            max(0, formulas.whole_days(as_of, row.last_confirmed)),
+        )
+        rank = (
+            0.0
+            if row.quarantine_status == RETIRED
+            else formulas.priority(score, row.occurrence_count, row.variance or 0.0)
+        )
+        self.conn.execute(
+            update(patterns)
+            .where(patterns.c.id == pid)
+            .values(effectiveness_score=score, priority_score=rank)
+        )
+        return score
+
+    def recent_applications(
+        self, pid: str, limit: int, *, grounded_only: bool = False
+    ) -> Sequence[Row[Any, Any, Any]]:
+        """A pattern's newest applications, newest first, in a deterministic order."""
+        query = select(
+            pattern_applications.c.applied_at,
+            pattern_applications.c.pattern_led_to_success,
+            pattern_applications.c.grounding_confidence,
+        ).where(pattern_applications.c.pattern_id == pid)
+        if grounded_only:
+            query = query.where(pattern_applications.c.grounding_confidence.is_not(None))
+        query = query.order_by(pattern_applications.c.applied_at.desc(), pattern_applications.c.id.desc())
+        return self.conn.execute(query.limit(limit)).all()
+
+    @transactional
+    def update_pattern_effectiveness(self, pattern_id: str) -> float | None:
+        """Rescore one pattern now (decay up to the store's clock); None if it does not exist."""
+        if not self.lock_patterns([pattern_id]):
+            return None
+        return self.rescore(pattern_id, as_of=self.now())
+
+    @transactional
+    def recalculate_all_pattern_priorities(self) -> int:
+        """Rescore every pattern, inactive ones included; returns how many."""
+        ids = self.lock_patterns(self.conn.execute(select(patterns.c.id)).scalars())
+        now = self.now()
+        for pid in ids:
+            self.rescore(pid, as_of=now)
+        return len(ids)
+
+    @transactional
+    def soft_delete_pattern(self, pattern_id: str) -> bool:
+        """Hide a pattern from default queries; True only if it was active."""
+        result = self.conn.execute(
+            update(patterns)
+            .where(patterns.c.id == pattern_id, patterns.c.active.is_(True))
+            .values(active=False)
+        )
+        return result.rowcount > 0
+
+    # -- queries ----------------------------------------------------------------------------------------
+
+    def tags_match(self, tags: Sequence[str]) -> ColumnElement[bool]:
+        """True when a pattern shares at least one tag with ``tags``."""
+        if self.dialect == "postgresql":
+            return patterns.c.context_tags.op("?|")(postgresql.array(list(tags)))
+        each = func.json_each(patterns.c.context_tags).table_valued("value")
+        return exists(select(literal(1)).select_from(each).where(column("value").in_(list(tags))))
+
+    @transactional
+    def get_patterns(
+        self,
+        pattern_type: str | None = None,
+        min_priority: float = 0.01,
+        limit: int = 20,
+        context_tags: Sequence[str] | None = None,
+        quarantine_status: QuarantineStatus | str | None = None,
+        exclude_quarantined: bool = False,
+        min_trust: float | None = None,
+        max_trust: float | None = None,
+        include_inactive: bool = False,
+        instrument_name: str | None = None,
+        include_universal: bool = True,
+    ) -> list[PatternRecord]:
+        """Patterns by priority (then id), every filter ANDed, as upstream's ``get_patterns``."""
+        conditions: list[ColumnElement[bool]] = [patterns.c.priority_score >= min_priority]
+        if not include_inactive:
+            conditions.append(patterns.c.active.is_(True))
+        if pattern_type:
+            conditions.append(patterns.c.pattern_type == pattern_type)
+        if instrument_name is not None:
+            scope = patterns.c.instrument_name == instrument_name
+            conditions.append(
+                or_(scope, patterns.c.instrument_name.is_(None)) if include_universal else scope
+            )
+        if quarantine_status is not None:
+            conditions.append(patterns.c.quarantine_status == QuarantineStatus(quarantine_status).value)
+        elif exclude_quarantined:
+            conditions.append(patterns.c.quarantine_status != QuarantineStatus.QUARANTINED.value)
+        if min_trust is not None:
+            conditions.append(patterns.c.trust_score >= min_trust)
+        if max_trust is not None:
+            conditions.append(patterns.c.trust_score <= max_trust)
+        if context_tags:
+            conditions.append(self.tags_match(context_tags))
+        query = (
+            select(patterns)
+            .where(and_(true(), *conditions))
+            .order_by(patterns.c.priority_score.desc(), patterns.c.id)
+            .limit(limit)
+        )
+        return [PatternRecord.model_validate(row._mapping) for row in self.conn.execute(query)]
+
+    @transactional
+    def get_pattern_by_id(self, pattern_id: str) -> PatternRecord | None:
+        row = self.conn.execute(select(patterns).where(patterns.c.id == pattern_id)).first()
+        return None if row is None else PatternRecord.model_validate(row._mapping)
+
+    @transactional
+    def get_pattern_provenance(self, pattern_id: str) -> dict[str, Any] | None:
+        record = self.get_pattern_by_id(pattern_id)
+        if record is None:
+            return None
+        return {
+            "pattern_id": record.id,
+            "pattern_name": record.pattern_name,
+            "quarantine_status": record.quarantine_status.value,
+            "first_seen": record.first_seen.isoformat(),
+            "last_seen": record.last_seen.isoformat(),
+            "last_confirmed": record.last_confirmed.isoformat(),
+            "provenance_job_hash": record.provenance_job_hash,
+            "provenance_sheet_num": record.provenance_sheet_num,
+            "quarantined_at": record.quarantined_at.isoformat() if record.quarantined_at else None,
+            "validated_at": record.validated_at.isoformat() if record.validated_at else None,
+            "quarantine_reason": record.quarantine_reason,
+            "trust_score": record.trust_score,
+            "trust_calculation_date": (
+                record.trust_calculation_date.isoformat() if record.trust_calculation_date else None
+            ),
+        }
+
+    @transactional
+    def get_retired_patterns(self, limit: int = 50) -> list[PatternRecord]:
+        """Patterns whose priority retirement set to 0, newest sighting first."""
+        query = (
+            select(patterns)
+            .where(patterns.c.priority_score == 0)
+            .order_by(patterns.c.last_seen.desc(), patterns.c.id.desc())
+            .limit(limit)
+        )
+        return [PatternRecord.model_validate(row._mapping) for row in self.conn.execute(query)]
