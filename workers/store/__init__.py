@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ostinato.workers.store.base import create_store_engine, utcnow
 from ostinato.workers.store.coordination import CoordinationMixin
+from ostinato.workers.store.dead_letters import DeadLettersMixin
 from ostinato.workers.store.diversity import DiversityMixin
 from ostinato.workers.store.drift import DriftMixin
 from ostinato.workers.store.escalations import EscalationsMixin
@@ -25,6 +26,7 @@ class Store(
     CoordinationMixin,
     EscalationsMixin,
     EvolutionMixin,
+    DeadLettersMixin,
     PatternsMixin,
 ):
     """One object with every store operation; each call is one transaction unless inside ``batch``/``run``."""

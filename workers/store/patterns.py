@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from sqlalchemy import Row, and_, column, exists, func, literal, or_, select, true, update
@@ -22,6 +22,27 @@ from ostinato.workers.store.base import StoreBase, new_id, transactional
 log = structlog.get_logger(__name__)
 
 RETIRED = QuarantineStatus.RETIRED.value
+
+
+@dataclass(frozen=True)
+class PatternSighting:
+    """One or more sightings of a pattern, as ``record_pattern`` takes them."""
+
+    pattern_type: str
+    pattern_name: str
+    seen_at: datetime
+    description: str | None = None
+    context_tags: list[str] | None = None
+    suggested_action: str | None = None
+    provenance_job_hash: str | None = None
+    provenance_sheet_num: int | None = None
+    instrument_name: str | None = None
+    count: int = 1
+
+
+class UpsertResult(NamedTuple):
+    id: str
+    created: bool
 
 
 @dataclass(frozen=True)
@@ -68,35 +89,49 @@ class PatternsMixin(StoreBase):
         seen_at: datetime | None = None,
         count: int = 1,
     ) -> str:
-        """Create a pattern or count another sighting of it; returns the id of the row that took it.
+        """Create a pattern or count another sighting of it; returns the id of the row that took it."""
+        return self.upsert_pattern(
+            PatternSighting(
+                pattern_type=pattern_type,
+                pattern_name=pattern_name,
+                description=description,
+                context_tags=context_tags,
+                suggested_action=suggested_action,
+                provenance_job_hash=provenance_job_hash,
+                provenance_sheet_num=provenance_sheet_num,
+                instrument_name=instrument_name,
+                seen_at=seen_at or self.now(),
+                count=count,
+            )
+        ).id
+
+    def upsert_pattern(self, sighting: PatternSighting) -> UpsertResult:
+        """Id match, else content-hash match, else insert: each step one atomic statement.
 
         ``count`` sightings are added at once (a batch combines its reports of one pattern into one update).
-        Tags ``None`` keep the stored tags, ``[]`` clears them.
+        Tags ``None`` keep the stored tags, ``[]`` clears them. Two writers racing to create the same pattern
+        both land on one row: the loser's INSERT does nothing and it updates the winner's row instead.
         """
-        seen_at = seen_at or self.now()
-        pid = pattern_id(pattern_type, pattern_name)
-        digest = content_hash(pattern_type, pattern_name, description)
-        sighting: dict[str, Any] = {
-            "occurrence_count": patterns.c.occurrence_count + count,
-            "last_seen": self.later(patterns.c.last_seen, seen_at),
-            "first_seen": self.earlier(patterns.c.first_seen, seen_at),
+        s = sighting
+        pid = pattern_id(s.pattern_type, s.pattern_name)
+        digest = content_hash(s.pattern_type, s.pattern_name, s.description)
+        seen: dict[str, Any] = {
+            "occurrence_count": patterns.c.occurrence_count + s.count,
+            "last_seen": self.later(patterns.c.last_seen, s.seen_at),
+            "first_seen": self.earlier(patterns.c.first_seen, s.seen_at),
             "active": True,
         }
-        by_id = dict(sighting)
-        if description is not None:
-            by_id["description"] = description
+        by_id = dict(seen)
+        if s.description is not None:
+            by_id["description"] = s.description
             by_id["content_hash"] = digest
-        if suggested_action is not None:
-            by_id["suggested_action"] = suggested_action
-        if context_tags is not None:
-            by_id["context_tags"] = list(context_tags)
+        if s.suggested_action is not None:
+            by_id["suggested_action"] = s.suggested_action
+        if s.context_tags is not None:
+            by_id["context_tags"] = list(s.context_tags)
 
-        found = self.conn.execute(
-            update(patterns).where(patterns.c.id == pid).values(by_id).returning(patterns.c.id)
-        ).scalar()
-        if found is not None:
-            return pid
-
+        if self._update_returning(patterns.c.id == pid, by_id) is not None:
+            return UpsertResult(pid, created=False)
         twin = (
             select(patterns.c.id)
             .where(patterns.c.content_hash == digest)
@@ -104,33 +139,41 @@ class PatternsMixin(StoreBase):
             .limit(1)
             .scalar_subquery()
         )
-        merged = self.conn.execute(
-            update(patterns).where(patterns.c.id == twin).values(sighting).returning(patterns.c.id)
-        ).scalar()
+        merged = self._update_returning(patterns.c.id == twin, seen)
         if merged is not None:
-            return str(merged)
+            return UpsertResult(merged, created=False)
+        inserted = self.conn.execute(
+            self.insert(patterns)
+            .values(
+                id=pid,
+                pattern_type=s.pattern_type,
+                pattern_name=s.pattern_name,
+                description=s.description,
+                occurrence_count=s.count,
+                first_seen=s.seen_at,
+                last_seen=s.seen_at,
+                last_confirmed=s.seen_at,
+                suggested_action=s.suggested_action,
+                context_tags=list(s.context_tags or []),
+                provenance_job_hash=s.provenance_job_hash,
+                provenance_sheet_num=s.provenance_sheet_num,
+                trust_calculation_date=s.seen_at,
+                content_hash=digest,
+                instrument_name=s.instrument_name,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(patterns.c.id)
+        ).scalar()
+        if inserted is not None:
+            return UpsertResult(pid, created=True)
+        self._update_returning(patterns.c.id == pid, by_id)
+        return UpsertResult(pid, created=False)
 
-        statement = self.insert(patterns).values(
-            id=pid,
-            pattern_type=pattern_type,
-            pattern_name=pattern_name,
-            description=description,
-            occurrence_count=count,
-            first_seen=seen_at,
-            last_seen=seen_at,
-            last_confirmed=seen_at,
-            suggested_action=suggested_action,
-            context_tags=list(context_tags or []),
-            provenance_job_hash=provenance_job_hash,
-            provenance_sheet_num=provenance_sheet_num,
-            trust_calculation_date=seen_at,
-            content_hash=digest,
-            instrument_name=instrument_name,
-        )
-        excluded_update = {k: v for k, v in by_id.items() if k != "occurrence_count"}
-        excluded_update["occurrence_count"] = patterns.c.occurrence_count + count
-        self.conn.execute(statement.on_conflict_do_update(index_elements=["id"], set_=excluded_update))
-        return pid
+    def _update_returning(self, where: ColumnElement[bool], values: dict[str, Any]) -> str | None:
+        found = self.conn.execute(
+            update(patterns).where(where).values(values).returning(patterns.c.id)
+        ).scalar()
+        return None if found is None else str(found)
 
     # -- applications -----------------------------------------------------------------------------------
 

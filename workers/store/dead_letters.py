@@ -1,0 +1,55 @@
+"""Dead letters: messages that could not be applied, kept with the reason and the raw body."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from ostinato.schema.tables import dead_letters
+from ostinato.workers.store.base import StoreBase, new_id, transactional
+
+
+class DeadLettersMixin(StoreBase):
+    """Nothing is dropped silently: what cannot be applied is kept here, to be read or replayed."""
+
+    @transactional
+    def record_dead_letter(
+        self,
+        raw_body: str,
+        reason: str,
+        *,
+        message_id: str | None = None,
+        kind: str | None = None,
+        task_name: str | None = None,
+    ) -> str:
+        letter_id = new_id()
+        self.conn.execute(
+            dead_letters.insert().values(
+                id=letter_id,
+                message_id=message_id,
+                kind=kind,
+                task_name=task_name,
+                reason=reason,
+                raw_body=raw_body,
+                received_at=self.now(),
+            )
+        )
+        return letter_id
+
+    @transactional
+    def list_dead_letters(self, limit: int = 50, *, include_replayed: bool = False) -> list[dict[str, Any]]:
+        """Newest first."""
+        query = select(dead_letters).order_by(dead_letters.c.received_at.desc(), dead_letters.c.id.desc())
+        if not include_replayed:
+            query = query.where(dead_letters.c.replayed_at.is_(None))
+        return [dict(row._mapping) for row in self.conn.execute(query.limit(limit))]
+
+    @transactional
+    def mark_dead_letters_replayed(self, ids: Sequence[str], at: datetime | None = None) -> int:
+        result = self.conn.execute(
+            update(dead_letters).where(dead_letters.c.id.in_(list(ids))).values(replayed_at=at or self.now())
+        )
+        return result.rowcount
