@@ -1,0 +1,27 @@
+"""What the producer and the workers must agree on about the broker: names, queues, key prefix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ostinato.settings import Settings
+
+INGEST_QUEUE = "ostinato.ingest"
+MAINTENANCE_QUEUE = "ostinato.maintenance"
+BATCH_TASK = "ostinato.ingest.batch"
+"""Takes one argument: a list of envelopes (JSON objects)."""
+
+
+def kind_task(kind: str) -> str:
+    """The task that takes one envelope of ``kind``: ``ostinato.ingest.<kind>``."""
+    return f"ostinato.ingest.{kind}"
+
+
+def transport_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """kombu Redis transport options; the key prefix keeps deployments and test runs apart."""
+    options: dict[str, Any] = {
+        "global_keyprefix": settings.key_prefix,
+        "visibility_timeout": 3600,
+    }
+    options.update(overrides)
+    return options
