@@ -21,7 +21,9 @@ def transport_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """kombu Redis transport options; the key prefix keeps deployments and test runs apart."""
     options: dict[str, Any] = {
         "global_keyprefix": settings.key_prefix,
-        "visibility_timeout": 3600,
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": settings.unacked_restore_interval,
+        "unacked_restore_throttle": 1,
     }
     options.update(overrides)
     return options

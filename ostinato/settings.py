@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     spool_dir: Path = Field(default_factory=lambda: Path.home() / ".ostinato" / "spool")
     spool_max_bytes: int = 256 * 1024 * 1024
     """Upper bound of the on-disk spool; batches beyond it are refused loudly."""
+    visibility_timeout: float = 3600.0
+    """Seconds before a message a dead worker held is delivered again; longer than the longest task."""
+    unacked_restore_interval: float = 60.0
+    """How often kombu looks for such messages (SPEC.md §6b: this, not the timeout, sets the delay)."""
+    discovery_ttl_seconds: float = 300.0
+    ingest_batch_prefetch: int = 4
 
     @property
     def patterns_channel(self) -> str:

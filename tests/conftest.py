@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-from sqlalchemy import Engine, create_engine, delete, text
-
-from ostinato.schema import migrate
-from ostinato.schema.tables import metadata
-from ostinato.workers.store import Store, create_store_engine
-
 ADMIN_URL = os.environ.get("OSTINATO_TEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 RUN_ID = uuid.uuid4().hex[:10]
+DATABASE_NAME = f"ostinato_test_{RUN_ID}"
+KEY_PREFIX = f"ostinato-test-{RUN_ID}:"
+# The Celery app reads its settings when ostinato.workers is first imported, so this run's database, key
+# prefix and spool must be in the environment before that (and child processes inherit them).
+os.environ["OSTINATO_DATABASE_URL"] = ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE_NAME}"
+os.environ["OSTINATO_KEY_PREFIX"] = KEY_PREFIX
+os.environ["OSTINATO_SPOOL_DIR"] = tempfile.mkdtemp(prefix=f"ostinato-spool-{RUN_ID}-")
+os.environ.setdefault("OSTINATO_BROKER_URL", "redis://127.0.0.1:6379/0")
+os.environ["OSTINATO_VISIBILITY_TIMEOUT"] = "30"
+os.environ["OSTINATO_UNACKED_RESTORE_INTERVAL"] = "1"
+
+import pytest  # noqa: E402
+import redis  # noqa: E402
+from sqlalchemy import Engine, create_engine, delete, text  # noqa: E402
+
+from ostinato.schema import migrate  # noqa: E402
+from ostinato.schema.tables import metadata  # noqa: E402
+from ostinato.workers.store import Store, create_store_engine  # noqa: E402
+
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
@@ -43,16 +56,25 @@ def run_id() -> str:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test run, dropped at the end."""
-    name = f"ostinato_test_{RUN_ID}"
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        connection.execute(text(f'CREATE DATABASE "{DATABASE_NAME}"'))
+    url = os.environ["OSTINATO_DATABASE_URL"]
     migrate.upgrade(url)
     yield url
     with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE_NAME}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    """The shared Redis; every key this run made (they all carry its prefix) is deleted at the end."""
+    client = redis.Redis.from_url(os.environ["OSTINATO_BROKER_URL"])
+    yield client
+    for key in client.scan_iter(match=f"{KEY_PREFIX}*", count=1000):
+        client.delete(key)
+    client.close()
 
 
 @pytest.fixture(scope="session")

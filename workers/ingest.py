@@ -128,13 +128,13 @@ def _apply(store: Store, messages: Sequence[Message], detector: Detector | None,
     for outcome in outcomes:
         _record_success_factors(store, outcome)
 
-    for m in batch.rate_limits:
-        rate = m.payload
+    for rate_message in batch.rate_limits:
+        rate = rate_message.payload
         store.record_rate_limit_event(
-            rate.error_code, rate.duration_seconds, m.job_hash, rate.model, recorded_at=rate.recorded_at
+            rate.error_code, rate.duration_seconds, rate_message.job_hash, rate.model, recorded_at=rate.recorded_at
         )
-    for m in batch.recoveries:
-        rec = m.payload
+    for recovery_message in batch.recoveries:
+        rec = recovery_message.payload
         store.record_error_recovery(
             rec.error_code,
             rec.suggested_wait,
@@ -144,10 +144,10 @@ def _apply(store: Store, messages: Sequence[Message], detector: Detector | None,
             rec.time_of_day,
             recorded_at=rec.recorded_at,
         )
-    for m in batch.escalations:
-        esc = m.payload
+    for escalation_message in batch.escalations:
+        esc = escalation_message.payload
         store.record_escalation_decision(
-            m.job_hash,
+            escalation_message.job_hash,
             esc.sheet_num,
             esc.confidence,
             esc.action,
@@ -158,8 +158,8 @@ def _apply(store: Store, messages: Sequence[Message], detector: Detector | None,
             esc.model,
             recorded_at=esc.recorded_at,
         )
-    for m in batch.evolution:
-        report.dead_lettered += _record_evolution(store, m)
+    for evolution_message in batch.evolution:
+        report.dead_lettered += _record_evolution(store, evolution_message)
     return report
 
 

@@ -9,10 +9,11 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ostinato.schema.tables import dead_letters
-from ostinato.workers.store.base import StoreBase, new_id, transactional
+from ostinato.workers.store.base import new_id, transactional
+from ostinato.workers.store.patterns import PatternsMixin
 
 
-class DeadLettersMixin(StoreBase):
+class DeadLettersMixin(PatternsMixin):
     """Nothing is dropped silently: what cannot be applied is kept here, to be read or replayed."""
 
     @transactional
@@ -21,13 +22,18 @@ class DeadLettersMixin(StoreBase):
         raw_body: str,
         reason: str,
         *,
+        letter_id: str | None = None,
         message_id: str | None = None,
         kind: str | None = None,
         task_name: str | None = None,
     ) -> str:
-        letter_id = new_id()
+        """Keep a message that cannot be applied. A given ``letter_id`` is written once, however often
+        the same delivery is retried."""
+        letter_id = letter_id or new_id()
         self.conn.execute(
-            dead_letters.insert().values(
+            self.insert(dead_letters)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .values(
                 id=letter_id,
                 message_id=message_id,
                 kind=kind,

@@ -2,8 +2,229 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import select, update
+
+from ostinato.schema.records import PatternRecord, SuccessFactors
+from ostinato.schema.tables import patterns
+from ostinato.workers.store.base import transactional
 from ostinato.workers.store.patterns import PatternsMixin
+
+log = structlog.get_logger(__name__)
+
+HIGH_GROUNDING = 0.7
+RELIABLE_OBSERVATIONS = 5
+FULL_CONFIDENCE_OBSERVATIONS = 10
+AUTO_APPLY_SUCCESS_RATE = 0.8
+LOW_SUCCESS_RATE = 0.5
+
+
+def time_of_day_bucket(hour: int) -> str:
+    """The part of the day an hour (0–23) falls in."""
+    if 5 <= hour <= 11:
+        return "morning"
+    if 12 <= hour <= 16:
+        return "afternoon"
+    if 17 <= hour <= 20:
+        return "evening"
+    return "night"
+
+
+def _union(stored: list[str], incoming: list[str]) -> list[str]:
+    return sorted(set(stored) | set(incoming)) if incoming else stored
+
+
+def merge_factors(
+    stored: SuccessFactors, observed: SuccessFactors, *, newer: bool, successes: int, failures: int
+) -> SuccessFactors:
+    """Fold one observation into stored factors.
+
+    Counts and tag sets combine whatever the order; the replaced fields take the observation only when it
+    is not older than the stored factors, so a late message never overwrites a newer context.
+    """
+    applications = successes + failures
+    changes: dict[str, Any] = {
+        "occurrence_count": stored.occurrence_count + 1,
+        "validation_types": _union(stored.validation_types, observed.validation_types),
+        "error_categories": _union(stored.error_categories, observed.error_categories),
+        "success_rate": successes / applications if applications else stored.success_rate,
+    }
+    if newer:
+        changes["time_of_day_bucket"] = observed.time_of_day_bucket
+        changes["retry_iteration"] = observed.retry_iteration
+        changes["escalation_was_pending"] = observed.escalation_was_pending
+        if observed.prior_sheet_status is not None:
+            changes["prior_sheet_status"] = observed.prior_sheet_status
+        if observed.grounding_confidence is not None:
+            changes["grounding_confidence"] = observed.grounding_confidence
+    return stored.model_copy(update=changes)
+
+
+def _summary(factors: SuccessFactors) -> str:
+    parts: list[str] = []
+    if factors.validation_types:
+        parts.append(f"validation types: {', '.join(factors.validation_types)}")
+    if factors.error_categories:
+        parts.append(f"error categories: {', '.join(factors.error_categories)}")
+    if factors.time_of_day_bucket:
+        parts.append(f"typically succeeds in: {factors.time_of_day_bucket}")
+    if factors.prior_sheet_status:
+        parts.append(f"prior sheet was: {factors.prior_sheet_status}")
+    return "; ".join(parts) if parts else "Context captured"
+
+
+def _key_conditions(factors: SuccessFactors) -> list[str]:
+    conditions: list[str] = []
+    grounding = factors.grounding_confidence
+    if grounding is not None and grounding > HIGH_GROUNDING:
+        conditions.append(f"High grounding confidence ({grounding:.2f})")
+    if factors.retry_iteration == 0:
+        conditions.append("Succeeds on first attempt")
+    elif factors.retry_iteration > 0:
+        conditions.append(f"Often succeeds after {factors.retry_iteration} retries")
+    if factors.validation_types:
+        conditions.append(f"Works with {len(factors.validation_types)} validation types")
+    if not factors.escalation_was_pending:
+        conditions.append("Succeeds without escalation")
+    return conditions
+
+
+def _recommendations(factors: SuccessFactors) -> list[str]:
+    advice: list[str] = []
+    if factors.occurrence_count < RELIABLE_OBSERVATIONS:
+        advice.append("Need more observations for reliable analysis")
+    if factors.success_rate > AUTO_APPLY_SUCCESS_RATE:
+        advice.append("High confidence pattern - consider for auto-apply")
+    elif factors.success_rate < LOW_SUCCESS_RATE:
+        advice.append("Low success rate - review pattern relevance")
+    if factors.time_of_day_bucket:
+        advice.append(f"Best applied during {factors.time_of_day_bucket}")
+    return advice
+
+
+def analyze(record: PatternRecord) -> dict[str, Any]:
+    """Upstream's "why it works" analysis of one pattern, from its stored factors."""
+    analysis: dict[str, Any] = {
+        "pattern_name": record.pattern_name,
+        "pattern_type": record.pattern_type,
+        "has_factors": record.success_factors is not None,
+        "trust_score": record.trust_score,
+        "effectiveness_score": record.effectiveness_score,
+    }
+    if record.success_factors is None:
+        return analysis | {
+            "factors_summary": "No success factors captured yet",
+            "key_conditions": [],
+            "confidence": 0.0,
+            "recommendations": ["Apply this pattern more times to capture success factors"],
+        }
+    factors = SuccessFactors.model_validate(record.success_factors)
+    observed = min(1.0, factors.occurrence_count / FULL_CONFIDENCE_OBSERVATIONS)
+    return analysis | {
+        "factors_summary": _summary(factors),
+        "key_conditions": _key_conditions(factors),
+        "confidence": observed * factors.success_rate,
+        "recommendations": _recommendations(factors),
+        "observation_count": factors.occurrence_count,
+        "success_rate": factors.success_rate,
+    }
 
 
 class SuccessFactorsMixin(PatternsMixin):
     """Success factors: why a pattern works."""
+
+    @transactional
+    def update_success_factors(
+        self,
+        pattern_id: str,
+        validation_types: list[str] | None = None,
+        error_categories: list[str] | None = None,
+        prior_sheet_status: str | None = None,
+        retry_iteration: int = 0,
+        escalation_was_pending: bool = False,
+        grounding_confidence: float | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> SuccessFactors | None:
+        """Record the context of one success under the row lock, so concurrent successes all count.
+
+        ``at`` is when the success happened (the store clock when None); it picks the UTC time bucket.
+        Returns the stored factors, or None when the pattern does not exist.
+        """
+        if not self.lock_patterns([pattern_id]):
+            log.info("update_success_factors_skipped", reason="pattern_not_found", pattern_id=pattern_id)
+            return None
+        when = at or self.now()
+        observed = SuccessFactors(
+            validation_types=list(validation_types or []),
+            error_categories=list(error_categories or []),
+            prior_sheet_status=prior_sheet_status,
+            time_of_day_bucket=time_of_day_bucket(when.astimezone(UTC).hour),
+            retry_iteration=retry_iteration,
+            escalation_was_pending=escalation_was_pending,
+            grounding_confidence=grounding_confidence,
+        )
+        return self._store_factors(pattern_id, observed, when)
+
+    def _store_factors(self, pattern_id: str, observed: SuccessFactors, when: datetime) -> SuccessFactors:
+        where = patterns.c.id == pattern_id
+        row = self.conn.execute(
+            select(
+                patterns.c.success_factors,
+                patterns.c.success_factors_updated_at,
+                patterns.c.led_to_success_count,
+                patterns.c.led_to_failure_count,
+            ).where(where)
+        ).one()
+        stamped = row.success_factors_updated_at
+        factors = observed
+        if row.success_factors is not None:
+            factors = merge_factors(
+                SuccessFactors.model_validate(row.success_factors),
+                observed,
+                newer=stamped is None or when >= stamped,
+                successes=row.led_to_success_count,
+                failures=row.led_to_failure_count,
+            )
+        self.conn.execute(
+            update(patterns)
+            .where(where)
+            .values(
+                success_factors=factors.model_dump(mode="json"),
+                success_factors_updated_at=when if stamped is None else max(stamped, when),
+            )
+        )
+        return factors
+
+    @transactional
+    def get_success_factors(self, pattern_id: str) -> SuccessFactors | None:
+        stored = self.conn.execute(
+            select(patterns.c.success_factors).where(patterns.c.id == pattern_id)
+        ).scalar()
+        return None if stored is None else SuccessFactors.model_validate(stored)
+
+    @transactional
+    def analyze_pattern_why(self, pattern_id: str) -> dict[str, Any]:
+        """Why a pattern works, or ``{"error": ...}`` when it does not exist."""
+        record = self.get_pattern_by_id(pattern_id)
+        if record is None:
+            return {"error": f"Pattern {pattern_id} not found"}
+        return analyze(record)
+
+    @transactional
+    def get_patterns_with_why(
+        self, min_observations: int = 1, limit: int = 20
+    ) -> list[tuple[PatternRecord, dict[str, Any]]]:
+        """Patterns with factors, best first; ``min_observations`` applies after the LIMIT, as upstream."""
+        query = (
+            select(patterns)
+            .where(patterns.c.success_factors.is_not(None))
+            .order_by(patterns.c.priority_score.desc(), patterns.c.trust_score.desc(), patterns.c.id)
+            .limit(limit)
+        )
+        records = [PatternRecord.model_validate(row._mapping) for row in self.conn.execute(query)]
+        analysed = [(record, analyze(record)) for record in records]
+        return [(r, a) for r, a in analysed if a.get("observation_count", 0) >= min_observations]

@@ -1,0 +1,31 @@
+"""Per-process resources of a worker: the store and a Redis client, created on first use after fork."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+
+from ostinato.settings import get_settings
+from ostinato.workers.store import Store
+
+_stores: dict[int, Store] = {}
+_redis: dict[int, redis.Redis] = {}
+
+
+def store() -> Store:
+    """This process's store; a forked child never reuses its parent's connections."""
+    pid = os.getpid()
+    if pid not in _stores:
+        _stores[pid] = Store.from_url(get_settings().database_url)
+    return _stores[pid]
+
+
+def redis_client() -> redis.Redis:
+    """This process's Redis client, for broadcasts."""
+    pid = os.getpid()
+    if pid not in _redis:
+        _redis[pid] = redis.Redis.from_url(
+            get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5
+        )
+    return _redis[pid]
