@@ -87,6 +87,132 @@ def schema_export(
 
 
 @app.command()
+def entropy(
+    history: Annotated[bool, typer.Option("--history", help="Show the recorded snapshots.")] = False,
+    limit: Annotated[int, typer.Option(help="How many snapshots.")] = 20,
+) -> None:
+    """Pattern entropy now, or its recorded history."""
+    store = _store()
+    rows = store.get_pattern_entropy_history(limit=limit) if history else [store.calculate_pattern_entropy()]
+    table = Table("at", "shannon", "max", "diversity", "patterns", "effective", "applications", "dominant")
+    for m in rows:
+        table.add_row(
+            m.calculated_at.isoformat(timespec="seconds"),
+            f"{m.shannon_entropy:.4f}",
+            f"{m.max_possible_entropy:.4f}",
+            f"{m.diversity_index:.4f}",
+            str(m.unique_pattern_count),
+            str(m.effective_pattern_count),
+            str(m.total_applications),
+            f"{m.dominant_pattern_share:.3f}",
+        )
+    console.print(table)
+
+
+@app.command()
+def drift(
+    window: Annotated[int, typer.Option(help="Applications per window.")] = 5,
+    threshold: Annotated[float, typer.Option(help="Effectiveness drift threshold.")] = 0.2,
+) -> None:
+    """Effectiveness and epistemic drift of every pattern with enough applications."""
+    store = _store()
+    table = Table("pattern", "before", "after", "drift", "direction", "exceeded", title="effectiveness drift")
+    for d in store.get_drifting_patterns(drift_threshold=0.0, window_size=window, limit=100):
+        table.add_row(
+            d.pattern_name[:50],
+            f"{d.effectiveness_before:.3f}",
+            f"{d.effectiveness_after:.3f}",
+            f"{d.drift_magnitude:.3f}",
+            d.drift_direction,
+            "yes" if d.drift_magnitude / max(d.grounding_confidence_avg, 0.5) > threshold else "no",
+        )
+    console.print(table)
+    summary = store.get_epistemic_drift_summary()
+    console.print("epistemic drift:", summary)
+
+
+@app.command()
+def budget(
+    job: Annotated[str | None, typer.Option("--job", help="The job hash (default: all jobs).")] = None,
+) -> None:
+    """Exploration budget: the current value, statistics and recent adjustments."""
+    store = _store()
+    stats_ = store.get_exploration_budget_statistics(job)
+    console.print(stats_)
+    table = Table("at", "job", "value", "type", "entropy", "reason", title="budget history")
+    for b in store.get_exploration_budget_history(job, limit=20):
+        table.add_row(
+            b.recorded_at.isoformat(timespec="seconds"),
+            b.job_hash,
+            f"{b.budget_value:.4f}",
+            b.adjustment_type,
+            "" if b.entropy_at_time is None else f"{b.entropy_at_time:.3f}",
+            b.adjustment_reason or "",
+        )
+    console.print(table)
+
+
+dead_letters_app = typer.Typer(help="Messages that could not be applied.", no_args_is_help=True)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    limit: Annotated[int, typer.Option(help="How many.")] = 20,
+    all_: Annotated[bool, typer.Option("--all", help="Include replayed ones.")] = False,
+) -> None:
+    """The newest dead letters with their reasons."""
+    table = Table("id", "received", "kind", "task", "reason", title="dead letters")
+    for letter in _store().list_dead_letters(limit, include_replayed=all_):
+        table.add_row(
+            letter["id"][:12],
+            letter["received_at"].isoformat(timespec="seconds"),
+            letter["kind"] or "",
+            letter["task_name"] or "",
+            letter["reason"][:90],
+        )
+    console.print(table)
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    limit: Annotated[int, typer.Option(help="How many, oldest first.")] = 100,
+) -> None:
+    """Apply dead letters again (after a fix); those still invalid stay where they are."""
+    from ostinato.workers.intake import Intake, validate
+
+    store = _store()
+    letters = list(reversed(store.list_dead_letters(limit)))
+    replayed = []
+    for letter in letters:
+        try:
+            body = json.loads(letter["raw_body"])
+        except ValueError:
+            continue
+        envelopes = [body] if isinstance(body, dict) else body
+        if validate(envelopes, None)[1]:
+            continue
+        Intake(store, delivery_id=f"replay:{letter['id']}", task_name="replay")(envelopes)
+        replayed.append(letter["id"])
+    store.mark_dead_letters_replayed(replayed)
+    console.print(f"replayed {len(replayed)} of {len(letters)} dead letters")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker on the ingest and maintenance queues."""
+    from ostinato.broker import INGEST_QUEUE, MAINTENANCE_QUEUE
+    from ostinato.workers import app as celery_app
+
+    celery_app.worker_main(
+        ["worker", "-Q", f"{INGEST_QUEUE},{MAINTENANCE_QUEUE}", "-c", str(concurrency), "-l", loglevel]
+    )
+
+
+@app.command()
 def demo() -> None:
     """The main job. For now: migrate and print the store's statistics."""
     migrate()
