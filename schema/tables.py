@@ -281,6 +281,17 @@ pattern_entropy_history = Table(
     Index("idx_entropy_history_calculated", text("calculated_at DESC")),
 )
 
+detection_evidence = Table(
+    "detection_evidence",
+    metadata,
+    Column("job_hash", String(64), primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("extra", Float, nullable=False, server_default="0"),
+    Column("label", Text, nullable=False, server_default=""),
+)
+"""Per-job totals of detection evidence, so pattern detection is exact however outcomes are batched."""
+
 processed_messages = Table(
     "processed_messages",
     metadata,

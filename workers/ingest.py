@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import structlog
 
-from ostinato.schema.identity import pattern_id, sheet_num_from_id
+from ostinato.schema.identity import sheet_num_from_id
 from ostinato.schema.messages import (
     ErrorRecoveryMessage,
     EscalationDecisionMessage,
@@ -27,6 +27,7 @@ from ostinato.schema.messages import (
 )
 from ostinato.schema.records import PatternDiscoveryEvent
 from ostinato.schema.tables import processed_messages
+from ostinato.workers.detection.jobs import detect_sightings
 from ostinato.workers.store import ApplicationInput, Store
 from ostinato.workers.store.evolution import DuplicateCycleError
 from ostinato.workers.store.executions import ExecutionInput
@@ -87,10 +88,13 @@ def apply_messages(
     store: Store,
     messages: Sequence[Message],
     *,
-    detector: Detector | None = None,
+    detector: Detector | None = detect_sightings,
     discovery_ttl_seconds: float = 300.0,
 ) -> IngestReport:
-    """Apply ``messages`` in one transaction, retried whole on deadlock; duplicates are skipped."""
+    """Apply ``messages`` in one transaction, retried whole on deadlock; duplicates are skipped.
+
+    ``detector`` turns the batch's outcomes into pattern sightings (None switches detection off).
+    """
     return store.run(lambda: _apply(store, messages, detector, discovery_ttl_seconds))
 
 
@@ -106,7 +110,11 @@ def _apply(store: Store, messages: Sequence[Message], detector: Detector | None,
     sightings = [_sighting(m) for m in batch.reports]
     if detector is not None and outcomes:
         sightings.extend(detector(store, outcomes))
-    for sighting, source_job_hash in _combine(sightings, fresh):
+    applications = [a for m in outcomes for a in _outcome_applications(m)]
+    applications += [_application(m) for m in batch.applications]
+    combined = _combine(sightings, fresh)
+    store.lock_patterns([s.id for s, _ in combined] + [a.pattern_id for a in applications])
+    for sighting, source_job_hash in combined:
         result = store.upsert_pattern(sighting)
         if result.created:
             report.discoveries.append(
@@ -122,8 +130,6 @@ def _apply(store: Store, messages: Sequence[Message], detector: Detector | None,
                 )
             )
 
-    applications = [a for m in outcomes for a in _outcome_applications(m)]
-    applications += [_application(m) for m in batch.applications]
     store.record_pattern_applications(applications)
     for outcome in outcomes:
         _record_success_factors(store, outcome)
@@ -131,7 +137,11 @@ def _apply(store: Store, messages: Sequence[Message], detector: Detector | None,
     for rate_message in batch.rate_limits:
         rate = rate_message.payload
         store.record_rate_limit_event(
-            rate.error_code, rate.duration_seconds, rate_message.job_hash, rate.model, recorded_at=rate.recorded_at
+            rate.error_code,
+            rate.duration_seconds,
+            rate_message.job_hash,
+            rate.model,
+            recorded_at=rate.recorded_at,
         )
     for recovery_message in batch.recoveries:
         rec = recovery_message.payload
@@ -259,7 +269,7 @@ def _combine(
     """One sighting per pattern id, in id order: counts add up, the latest non-empty values win."""
     groups: dict[str, list[PatternSighting]] = defaultdict(list)
     for s in sightings:
-        groups[pattern_id(s.pattern_type, s.pattern_name)].append(s)
+        groups[s.id].append(s)
     default_source = fresh[0].job_hash if fresh else "0" * 16
     combined = []
     for pid in sorted(groups):

@@ -39,6 +39,10 @@ class PatternSighting:
     instrument_name: str | None = None
     count: int = 1
 
+    @property
+    def id(self) -> str:
+        return pattern_id(self.pattern_type, self.pattern_name)
+
 
 class UpsertResult(NamedTuple):
     id: str
@@ -113,7 +117,7 @@ class PatternsMixin(StoreBase):
         both land on one row: the loser's INSERT does nothing and it updates the winner's row instead.
         """
         s = sighting
-        pid = pattern_id(s.pattern_type, s.pattern_name)
+        pid = s.id
         digest = content_hash(s.pattern_type, s.pattern_name, s.description)
         seen: dict[str, Any] = {
             "occurrence_count": patterns.c.occurrence_count + s.count,

@@ -1,0 +1,110 @@
+"""Known failure signatures in a sheet's stdout/stderr tails.
+
+Phrases and exception names match as substrings, as upstream's do, because they are distinctive and are
+wanted inside identifiers too (``ReadTimeout``, ``asyncio.TimeoutError``). Numeric codes and acronyms are
+short enough to occur by accident, so they match only as whole words: "room" is not OOM and "4290" is not
+429 (SPEC-store §0.11, §6.2.13).
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+CONTEXT_LINES = 2
+
+_I = re.IGNORECASE
+OUTPUT_MATCHERS: tuple[tuple[str, re.Pattern[str], float], ...] = (
+    ("rate_limit", re.compile(r"rate\s*limit|too\s*many\s*requests|\b429\b|quota\s*exceeded", _I), 0.95),
+    ("api_error", re.compile(r"api\s*error|service\s*unavailable|\b503\b|\b500\s*internal", _I), 0.90),
+    (
+        "timeout",
+        re.compile(r"timeout|timed?\s*out|connection\s*timed?\s*out|deadline\s*exceeded", _I),
+        0.90,
+    ),
+    ("import_error", re.compile(r"ImportError|ModuleNotFoundError|No\s*module\s*named", _I), 0.95),
+    ("syntax_error", re.compile(r"SyntaxError|IndentationError|TabError", _I), 0.95),
+    ("type_error", re.compile(r"TypeError:\s*[^\n]+", _I), 0.90),
+    ("attribute_error", re.compile(r"AttributeError:\s*[^\n]+", _I), 0.90),
+    ("key_error", re.compile(r"KeyError:\s*[^\n]+", _I), 0.85),
+    ("value_error", re.compile(r"ValueError:\s*[^\n]+", _I), 0.85),
+    ("name_error", re.compile(r"NameError:\s*name\s*'[^']+'\s*is\s*not\s*defined", _I), 0.95),
+    ("permission_denied", re.compile(r"permission\s*denied|access\s*denied|\bEACCES\b", _I), 0.95),
+    ("file_not_found", re.compile(r"FileNotFoundError|No\s*such\s*file|\bENOENT\b", _I), 0.95),
+    ("disk_full", re.compile(r"no\s*space\s*left|disk\s*full|\bENOSPC\b", _I), 0.95),
+    ("connection_refused", re.compile(r"connection\s*refused|\bECONNREFUSED\b", _I), 0.90),
+    ("connection_reset", re.compile(r"connection\s*reset|\bECONNRESET\b", _I), 0.85),
+    ("dns_error", re.compile(r"could\s*not\s*resolve\s*host|dns\s*error|\bNXDOMAIN\b", _I), 0.90),
+    (
+        "auth_failure",
+        re.compile(r"authentication\s*fail|invalid\s*credential|unauthorized|\b401\b", _I),
+        0.90,
+    ),
+    ("token_expired", re.compile(r"token\s*expired|session\s*expired|jwt\s*expired", _I), 0.90),
+    ("traceback", re.compile(r"Traceback\s*\(most\s*recent\s*call\s*last\)"), 0.75),
+    ("assertion_error", re.compile(r"AssertionError:\s*[^\n]*", _I), 0.85),
+    (
+        "out_of_memory",
+        # OOMKilled and oom_kill are the kernel's and Kubernetes' spellings of the same event.
+        re.compile(r"out\s*of\s*memory|MemoryError|\bOOM(?:_?kill\w*)?\b|killed\s*by\s*kernel", _I),
+        0.95,
+    ),
+)
+"""(name, matcher, confidence), in the order hits on one line are reported."""
+
+
+@dataclass(frozen=True)
+class OutputHit:
+    """One signature found on one (1-based) line, with up to two lines of context each side."""
+
+    name: str
+    line: int
+    confidence: float
+    context_before: tuple[str, ...] = ()
+    context_after: tuple[str, ...] = ()
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split on "\\n" only, so they agree with the line numbers counted from match offsets."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def extract_output_patterns(text: str) -> list[OutputHit]:
+    """Every signature in ``text``, by line; one hit per name per line, different names all kept."""
+    if not text or not text.strip():
+        return []
+    lines = _lines(text)
+    newlines = [index for index, char in enumerate(text) if char == "\n"]
+    hits: list[OutputHit] = []
+    seen: set[tuple[str, int]] = set()
+    for name, matcher, confidence in OUTPUT_MATCHERS:
+        for found in matcher.finditer(text):
+            line = bisect.bisect_left(newlines, found.start()) + 1
+            if (name, line) in seen:
+                continue
+            seen.add((name, line))
+            index = line - 1
+            hits.append(
+                OutputHit(
+                    name=name,
+                    line=line,
+                    confidence=confidence,
+                    context_before=tuple(lines[max(0, index - CONTEXT_LINES) : index]),
+                    context_after=tuple(lines[index + 1 : index + 1 + CONTEXT_LINES]),
+                )
+            )
+    hits.sort(key=lambda hit: hit.line)
+    return hits
+
+
+def summarize(hits: Iterable[OutputHit]) -> dict[str, int]:
+    """How many hits each signature name has."""
+    summary: dict[str, int] = {}
+    for hit in hits:
+        summary[hit.name] = summary.get(hit.name, 0) + 1
+    return summary

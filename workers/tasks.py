@@ -1,0 +1,70 @@
+"""Ingest tasks: thin wrappers that run an ``Intake`` and broadcast discoveries after commit.
+
+Task names are the wire contract: ``ostinato.ingest.batch`` takes a list of envelopes,
+``ostinato.ingest.<kind>`` takes one envelope of that kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from ostinato.broker import BATCH_TASK, kind_task
+from ostinato.schema.messages import KINDS
+from ostinato.settings import get_settings
+from ostinato.workers import runtime
+from ostinato.workers.app import app
+from ostinato.workers.broadcast import publish_discoveries
+from ostinato.workers.detection.jobs import detect_sightings
+from ostinato.workers.intake import INFRASTRUCTURE_ERRORS, Intake
+
+MAX_BACKOFF_SECONDS = 60.0
+MAX_INFRASTRUCTURE_RETRIES = 200
+"""With the 60 s cap, a delivery waits about three hours for its database before it is given up."""
+
+
+def backoff(retries: int) -> float:
+    return float(min(MAX_BACKOFF_SECONDS, 2**retries))
+
+
+def run_ingest(task: Task, raw: object, expected_kind: str | None) -> dict[str, int]:
+    """Apply one delivery; an absent database retries the whole delivery with exponential backoff."""
+    settings = get_settings()
+    intake = Intake(
+        runtime.store(),
+        delivery_id=str(task.request.id),
+        task_name=task.name,
+        detector=detect_sightings,
+        discovery_ttl_seconds=settings.discovery_ttl_seconds,
+    )
+    try:
+        report = intake(raw, expected_kind)
+    except INFRASTRUCTURE_ERRORS as error:
+        raise task.retry(
+            exc=error, countdown=backoff(task.request.retries), max_retries=MAX_INFRASTRUCTURE_RETRIES
+        ) from error
+    broadcast = publish_discoveries(runtime.redis_client(), settings.patterns_channel, report.discoveries)
+    return {
+        "applied": report.applied,
+        "duplicates": report.duplicates,
+        "dead_lettered": report.dead_lettered,
+        "discoveries": broadcast,
+    }
+
+
+@app.task(name=BATCH_TASK, bind=True)  # type: ignore[untyped-decorator]
+def ingest_batch(self: Task, envelopes: Any) -> dict[str, int]:
+    return run_ingest(self, envelopes, None)
+
+
+def _kind_task(kind: str) -> Task:
+    def ingest_one(self: Task, envelope: Any) -> dict[str, int]:
+        return run_ingest(self, envelope, kind)
+
+    ingest_one.__name__ = f"ingest_{kind}"
+    task: Task = app.task(name=kind_task(kind), bind=True)(ingest_one)
+    return task
+
+
+KIND_TASKS = {kind: _kind_task(kind) for kind in KINDS}
