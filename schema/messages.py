@@ -37,10 +37,12 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
 Seconds = Annotated[float, Field(ge=0.0, le=30 * 24 * 3600)]
 Hex16 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-ShortText = Annotated[str, StringConstraints(max_length=200)]
-Text = Annotated[str, StringConstraints(max_length=TAIL_LIMIT)]
-Tail = Annotated[str, StringConstraints(max_length=TAIL_LIMIT)]
+NO_NUL = r"^[^\x00]*$"
+"""PostgreSQL text cannot hold NUL, so it is refused here with a clear reason."""
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+ShortText = Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)]
+Text = Annotated[str, StringConstraints(max_length=TAIL_LIMIT, pattern=NO_NUL)]
+Tail = Text
 
 ApplicationMode = Literal["exploration", "exploitation"]
 EscalationAction = Literal["retry", "skip", "abort", "modify_prompt"]

@@ -119,3 +119,17 @@ def pg_store(pg_engine: Engine, clock: Clock) -> Store:
     """An empty store on PostgreSQL only (concurrency tests)."""
     wipe(pg_engine)
     return Store(pg_engine, clock=clock)
+
+
+@pytest.fixture(scope="session")
+def ingest_worker(database_url: str, redis_client: redis.Redis) -> Iterator[object]:
+    """A real Celery worker (Celery's own embedded worker, thread pool) on this run's prefixed queues."""
+    from celery.contrib.testing.worker import start_worker
+
+    import ostinato.workers.tasks  # noqa: F401  (registers the tasks)
+    from ostinato.workers import app
+
+    with start_worker(
+        app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING"
+    ) as worker:
+        yield worker

@@ -6,6 +6,7 @@ retries for an absent database and the broadcast after commit.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,10 +41,15 @@ def describe_validation_error(error: ValidationError) -> str:
 
 
 def raw_text(raw: object) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None
-    if text is None:
+    """A body as storable text: UTF-8 as it is, other bytes as base64, NUL escaped (PostgreSQL refuses it)."""
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "base64:" + base64.b64encode(raw).decode("ascii")
+    else:
         text = raw if isinstance(raw, str) else json.dumps(raw, default=str)
-    return text[:RAW_BODY_LIMIT]
+    return text.replace("\x00", "\\u0000")[:RAW_BODY_LIMIT]
 
 
 def validate(raw_envelopes: object, expected_kind: str | None) -> tuple[list[Message], list[Rejected]]:
