@@ -14,7 +14,6 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from kombu import Connection
 from messages import outcome
 
 from ostinato.broker import BATCH_TASK, INGEST_QUEUE, kind_task
@@ -42,7 +41,7 @@ def publish_raw(body: bytes, content_type: str, task: str = BATCH_TASK) -> None:
         "parent_id": None,
         "group": None,
     }
-    with Connection(app.conf.broker_url, transport_options=app.conf.broker_transport_options) as conn:
+    with app.connection_for_write() as conn:
         conn.Producer().publish(
             body,
             routing_key=INGEST_QUEUE,
