@@ -232,7 +232,7 @@ def test_a_plain_celery_worker_consumes_the_batches(tmp_path: Path, prefix: str)
     )
     received: list[dict[str, Any]] = []
 
-    @app.task(name=BATCH_TASK)  # type: ignore[untyped-decorator]
+    @app.task(name=BATCH_TASK, shared=False)  # type: ignore[untyped-decorator]
     def ingest_batch(envelopes: list[dict[str, Any]]) -> None:
         received.extend(envelopes)
 

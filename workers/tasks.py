@@ -53,7 +53,7 @@ def run_ingest(task: Task, raw: object, expected_kind: str | None) -> dict[str, 
     }
 
 
-@app.task(name=BATCH_TASK, bind=True)  # type: ignore[untyped-decorator]
+@app.task(name=BATCH_TASK, bind=True, shared=False)  # type: ignore[untyped-decorator]
 def ingest_batch(self: Task, envelopes: Any) -> dict[str, int]:
     return run_ingest(self, envelopes, None)
 
@@ -63,7 +63,7 @@ def _kind_task(kind: str) -> Task:
         return run_ingest(self, envelope, kind)
 
     ingest_one.__name__ = f"ingest_{kind}"
-    task: Task = app.task(name=kind_task(kind), bind=True)(ingest_one)
+    task: Task = app.task(name=kind_task(kind), bind=True, shared=False)(ingest_one)
     return task
 
 
