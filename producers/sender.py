@@ -16,6 +16,7 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -28,7 +29,11 @@ from ostinato.settings import Settings, redact_url
 log = structlog.get_logger(__name__)
 
 Envelope = dict[str, Any]
+Deferred = Callable[[], Envelope | None]
+"""An envelope finished on the sender's thread (scrubbing is costly); None means the runner dropped it."""
+Pending = Envelope | Deferred
 STAT_NAMES = (
+    "skipped",
     "submitted",
     "published",
     "spooled",
@@ -89,7 +94,7 @@ class Sender:
         self._broker = redact_url(settings.broker_url)
         self._producer: Any = None
         self._redis_down = False
-        self._queue: queue.Queue[Envelope] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Pending] = queue.Queue(maxsize=queue_size)
         self._overflow_lock = threading.Lock()
         self._state = threading.Condition()
         self._closed = False
@@ -101,8 +106,12 @@ class Sender:
         self._thread.start()
         atexit.register(self.close)
 
-    def submit(self, envelope: Envelope) -> None:
-        """Queue ``envelope``; never network I/O, never raises; a full queue spills to the spool on disk."""
+    def submit(self, envelope: Pending) -> None:
+        """Queue ``envelope``; never network I/O, never raises; a full queue spills to the spool on disk.
+
+        A callable is called on the sender's thread (or, when the queue is full, before spooling) to make
+        the envelope; it may return None to skip it.
+        """
         with self._state:
             self._stats["submitted"] += 1
             self._in_memory += 1
@@ -207,12 +216,12 @@ class Sender:
 
         ``flush`` and ``close`` cut the gathering short through ``_wake`` / ``_stopping``.
         """
-        batch: Batch = []
+        batch: list[Pending] = []
         if first_wait > 0:
             try:
                 batch.append(self._queue.get(timeout=first_wait))
             except queue.Empty:
-                return batch
+                return []
         deadline = time.monotonic() + gather
         while len(batch) < self._batch_size:
             try:
@@ -225,7 +234,7 @@ class Sender:
                 break
             with contextlib.suppress(queue.Empty):
                 batch.append(self._queue.get(timeout=min(left, 0.01)))
-        return self._json_only(batch)
+        return self._prepare(batch)
 
     def _publish(self, batch: Batch) -> bool:
         """One task message for the whole batch, or False after one fast attempt when Redis is away."""
@@ -250,16 +259,16 @@ class Sender:
             self._stats["task_messages"] += 1
         return True
 
-    def _overflow(self, envelope: Envelope) -> None:
+    def _overflow(self, envelope: Pending) -> None:
         """Queue full (or sender closed): the oldest queued batch goes to disk, never to the network."""
         with self._overflow_lock:
             if self._closed:
                 if self.spool.closed:
-                    self._settle(dropped=[envelope], reason="sender_closed")
+                    self._settle(dropped=[{}], reason="sender_closed")
                 else:
-                    self._spool_batch(self._json_only([envelope]))
+                    self._spool_batch(self._prepare([envelope]))
                 return
-            oldest: Batch = []
+            oldest: list[Pending] = []
             while len(oldest) < self._batch_size:
                 try:
                     oldest.append(self._queue.get_nowait())
@@ -268,11 +277,11 @@ class Sender:
             if oldest:
                 with self._state:
                     self._stats["overflowed"] += len(oldest)
-                self._spool_batch(self._json_only(oldest))
+                self._spool_batch(self._prepare(oldest))
             try:
                 self._queue.put_nowait(envelope)
             except queue.Full:
-                self._spool_batch(self._json_only([envelope]))
+                self._spool_batch(self._prepare([envelope]))
 
     def _spool_batch(self, batch: Batch) -> None:
         if not batch:
@@ -292,6 +301,30 @@ class Sender:
         while batch := self._collect(first_wait=0.0, gather=0.0):
             self._spool_batch(batch)
 
+    def _prepare(self, pending: list[Pending]) -> Batch:
+        """Finish deferred envelopes, then keep what JSON can encode."""
+        batch: Batch = []
+        skipped = failed = 0
+        for item in pending:
+            if not callable(item):
+                batch.append(item)
+                continue
+            try:
+                made = item()
+            except Exception:
+                log.exception("envelope_preparation_failed")
+                failed += 1
+                continue
+            if made is None:
+                skipped += 1
+            else:
+                batch.append(made)
+        if skipped:
+            self._settle(skipped=skipped)
+        if failed:
+            self._settle(dropped=[{}] * failed, reason="preparation_failed")
+        return self._json_only(batch)
+
     def _json_only(self, batch: Batch) -> Batch:
         """Drop (loudly) what JSON cannot encode, so one bad envelope neither blocks nor poisons a batch."""
         try:
@@ -309,10 +342,13 @@ class Sender:
         published: Batch | None = None,
         spooled: Batch | None = None,
         dropped: Batch | None = None,
+        skipped: int = 0,
         reason: str = "",
     ) -> None:
         """Count envelopes that left memory and wake ``flush``; a drop is always logged as an error."""
         with self._state:
+            self._stats["skipped"] += skipped
+            self._in_memory -= skipped
             for name, batch in (("published", published), ("spooled", spooled), ("dropped", dropped)):
                 if batch:
                     self._stats[name] += len(batch)

@@ -1,0 +1,280 @@
+"""The runner-side client: validate, scrub, hash, and hand to the background sender.
+
+Every publishing call returns the message id in microseconds; the network is only ever touched by the
+sender's thread. With ``enabled=False`` every call is a cheap no-op, and publishing and preflight reads can be
+switched off separately, as upstream's learning configuration allows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel
+
+from ostinato.producers.scrub import Scrubber
+from ostinato.producers.sender import Sender
+from ostinato.schema.identity import hash_job, hash_workspace
+from ostinato.schema.messages import (
+    TAIL_LIMIT,
+    ApplicationMode,
+    ErrorRecovery,
+    ErrorRecoveryMessage,
+    EscalationAction,
+    EscalationDecision,
+    EscalationDecisionMessage,
+    EscalationOutcome,
+    EvolutionEntry,
+    EvolutionEntryMessage,
+    Message,
+    PatternApplication,
+    PatternApplicationMessage,
+    PatternReport,
+    PatternReportMessage,
+    Provenance,
+    SheetOutcome,
+    SheetOutcomeMessage,
+)
+from ostinato.settings import Settings, get_settings
+
+AnyMessage = (
+    SheetOutcomeMessage
+    | PatternApplicationMessage
+    | PatternReportMessage
+    | ErrorRecoveryMessage
+    | EscalationDecisionMessage
+    | EvolutionEntryMessage
+)
+BeforeSend = Callable[[Message], Message | None]
+"""Sees every message after scrubbing; returns it (changed or not) to send it, or None to drop it."""
+TAIL_FIELDS = ("stdout_tail", "stderr_tail")
+RAW_TAIL_WINDOW = 4 * TAIL_LIMIT
+"""Scrubbing looks at 16 KiB of a tail before cutting it to 4 KiB, so a secret cut in half at the window's
+edge lies in the part that is dropped."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Client:
+    """One job's reporter; safe to share between threads, and usable from async code as it is."""
+
+    def __init__(
+        self,
+        job_name: str,
+        workspace: str | Path,
+        *,
+        settings: Settings | None = None,
+        config_hash: str | None = None,
+        enabled: bool = True,
+        publish: bool = True,
+        preflight: bool = True,
+        before_send: BeforeSend | None = None,
+        scrubber: Scrubber | None = None,
+        sender: Sender | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.job_hash = hash_job(job_name, config_hash)
+        self.workspace_hash = hash_workspace(workspace)
+        self.enabled = enabled
+        self.publishing = enabled and publish
+        self.preflight = enabled and preflight
+        self.before_send = before_send
+        self.scrubber = scrubber or Scrubber()
+        self.dropped_by_hook = 0
+        self._lock = threading.Lock()
+        self._sender = sender if sender is not None or not self.publishing else Sender(self.settings)
+
+    # -- publishing -------------------------------------------------------------------------------------
+
+    def record_outcome(self, outcome: SheetOutcome | Mapping[str, Any]) -> UUID | None:
+        """Report a sheet's outcome; its tails are scrubbed, then cut to their last 4 KiB.
+
+        The structure is validated here (a bad outcome raises at once); scrubbing, which costs about a
+        millisecond, runs on the sender's thread. Set ``execution_id`` to cite the execution later.
+        """
+        if not self.publishing:
+            return None
+        data = outcome.model_dump() if isinstance(outcome, SheetOutcome) else dict(outcome)
+        raw_tails = {field: str(data.get(field) or "")[-RAW_TAIL_WINDOW:] for field in TAIL_FIELDS}
+        checked = SheetOutcome.model_validate({**data, **dict.fromkeys(TAIL_FIELDS, "")})
+
+        def scrubbed() -> SheetOutcome:
+            tails = {f: self.scrubber.tail(raw.replace("\x00", "")) for f, raw in raw_tails.items()}
+            return self.scrubber.payload(checked).model_copy(update=tails)
+
+        return self._send(SheetOutcomeMessage, scrubbed)
+
+    def record_pattern_application(
+        self,
+        pattern_id: str,
+        execution_id: str | UUID,
+        pattern_led_to_success: bool,
+        *,
+        retry_count_before: int = 0,
+        retry_count_after: int = 0,
+        application_mode: ApplicationMode = "exploitation",
+        validation_passed: bool | None = None,
+        grounding_confidence: float | None = None,
+        applied_at: datetime | None = None,
+    ) -> UUID | None:
+        if not self.publishing:
+            return None
+        payload = PatternApplication(
+            pattern_id=pattern_id,
+            execution_id=str(execution_id),
+            pattern_led_to_success=pattern_led_to_success,
+            applied_at=applied_at or _now(),
+            retry_count_before=retry_count_before,
+            retry_count_after=retry_count_after,
+            application_mode=application_mode,
+            validation_passed=validation_passed,
+            grounding_confidence=grounding_confidence,
+        )
+        return self._send(PatternApplicationMessage, lambda: self.scrubber.payload(payload))
+
+    def report_pattern(
+        self,
+        pattern_type: str,
+        pattern_name: str,
+        description: str | None = None,
+        *,
+        context_tags: Sequence[str] | None = None,
+        suggested_action: str | None = None,
+        sheet_num: int | None = None,
+        instrument_name: str | None = None,
+    ) -> UUID | None:
+        """Name a pattern directly (a runner's own observation), with this job as its provenance."""
+        if not self.publishing:
+            return None
+        payload = PatternReport(
+            pattern_type=pattern_type,
+            pattern_name=pattern_name,
+            reported_at=_now(),
+            description=description,
+            context_tags=list(context_tags) if context_tags is not None else None,
+            suggested_action=suggested_action,
+            provenance=Provenance(job_hash=self.job_hash, sheet_num=sheet_num),
+            instrument_name=instrument_name,
+        )
+        return self._send(PatternReportMessage, lambda: self.scrubber.payload(payload))
+
+    def record_error_recovery(
+        self,
+        error_code: str,
+        suggested_wait: float,
+        actual_wait: float,
+        recovery_success: bool,
+        *,
+        model: str | None = None,
+    ) -> UUID | None:
+        if not self.publishing:
+            return None
+        at = _now()
+        payload = ErrorRecovery(
+            error_code=error_code,
+            suggested_wait=suggested_wait,
+            actual_wait=actual_wait,
+            recovery_success=recovery_success,
+            recorded_at=at,
+            model=model,
+            time_of_day=at.hour,
+        )
+        return self._send(ErrorRecoveryMessage, lambda: self.scrubber.payload(payload))
+
+    def record_escalation(
+        self,
+        sheet_num: int,
+        confidence: float,
+        action: EscalationAction,
+        validation_pass_rate: float,
+        retry_count: int,
+        *,
+        guidance: str | None = None,
+        outcome_after_action: EscalationOutcome | None = None,
+        model: str | None = None,
+    ) -> UUID | None:
+        """Report an escalation decision; ``validation_pass_rate`` is a fraction (0..1)."""
+        if not self.publishing:
+            return None
+        payload = EscalationDecision(
+            sheet_num=sheet_num,
+            confidence=confidence,
+            action=action,
+            validation_pass_rate=validation_pass_rate,
+            retry_count=retry_count,
+            recorded_at=_now(),
+            guidance=guidance,
+            outcome_after_action=outcome_after_action,
+            model=model,
+        )
+        return self._send(EscalationDecisionMessage, lambda: self.scrubber.payload(payload))
+
+    def record_evolution_entry(self, entry: EvolutionEntry | Mapping[str, Any]) -> UUID | None:
+        if not self.publishing:
+            return None
+        if not isinstance(entry, EvolutionEntry):
+            entry = EvolutionEntry.model_validate({"recorded_at": _now(), **entry})
+        return self._send(EvolutionEntryMessage, lambda: self.scrubber.payload(entry))
+
+    def _send(self, kind: type[AnyMessage], payload: Callable[[], BaseModel]) -> UUID:
+        """Queue a message whose payload is made (scrubbed) on the sender's thread; its id is known now."""
+        message_id = uuid4()
+
+        def envelope() -> dict[str, Any] | None:
+            message: Message | None = kind(
+                message_id=message_id,
+                workspace_hash=self.workspace_hash,
+                job_hash=self.job_hash,
+                payload=payload(),
+            )
+            if self.before_send is not None and message is not None:
+                message = self.before_send(message)
+                if message is None:
+                    with self._lock:
+                        self.dropped_by_hook += 1
+                    return None
+            return message.model_dump(mode="json") if message is not None else None
+
+        assert self._sender is not None
+        self._sender.submit(envelope)
+        return message_id
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything reported so far is on the broker; False if ``timeout`` ran out first."""
+        return True if self._sender is None else self._sender.flush(timeout)
+
+    async def flush_async(self, timeout: float = 10.0) -> bool:
+        return True if self._sender is None else await self._sender.flush_async(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush, keep what could not be sent in the spool (it is resent on the next start), stop."""
+        if self._sender is not None:
+            self._sender.close(timeout)
+
+    def stats(self) -> dict[str, int]:
+        figures = {} if self._sender is None else self._sender.stats()
+        return {**figures, "dropped_by_hook": self.dropped_by_hook}
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.flush_async()
+        self.close()
