@@ -103,7 +103,7 @@ def assert_store_matches(store: Store, sent: list[Sent]) -> None:
     with store.batch() as conn:
         stored_ids = set(conn.execute(select(executions.c.id)).scalars())
         query = select(executions.c.job_hash, func.count()).group_by(executions.c.job_hash)
-        per_job = {job: n for job, n in conn.execute(query)}
+        per_job = {str(job): int(n) for job, n in conn.execute(query)}
         occurrences = dict(conn.execute(select(patterns.c.pattern_name, patterns.c.occurrence_count)).all())
     assert stored_ids == {s.outcome["execution_id"] for s in sent}
     assert per_job == {hash_job(job): 200 for job in JOBS}
