@@ -56,7 +56,8 @@ def isolated_environment(name: str) -> Iterator[dict[str, str]]:
 def worker_process(env: dict[str, str], app: str, queue: str, concurrency: int) -> Iterator[None]:
     """A real ``celery worker`` subprocess, killed with its pool at the end."""
     command = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-c", str(concurrency)]
-    command += ["-P", "prefork", "-l", "WARNING", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]
+    loglevel = os.environ.get("OSTINATO_BENCH_LOGLEVEL", "WARNING")
+    command += ["-P", "prefork", "-l", loglevel, "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]
     env = {**env, "PYTHONPATH": str(ROOT / "bench")}
     process = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)
     try:

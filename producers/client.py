@@ -89,7 +89,7 @@ class Client:
         self.scrubber = scrubber or Scrubber()
         self.dropped_by_hook = 0
         self._lock = threading.Lock()
-        self._sender = sender if sender is not None or not self.publishing else Sender(self.settings)
+        self._sender = sender if sender is not None or not self.publishing else Sender.shared(self.settings)
 
     # -- publishing -------------------------------------------------------------------------------------
 
@@ -227,7 +227,7 @@ class Client:
         """Queue a message whose payload is made (scrubbed) on the sender's thread; its id is known now."""
         message_id = uuid4()
 
-        def envelope() -> dict[str, Any] | None:
+        def envelope() -> str | None:
             message: Message | None = kind(
                 message_id=message_id,
                 workspace_hash=self.workspace_hash,
@@ -240,7 +240,7 @@ class Client:
                     with self._lock:
                         self.dropped_by_hook += 1
                     return None
-            return message.model_dump(mode="json") if message is not None else None
+            return message.model_dump_json() if message is not None else None
 
         assert self._sender is not None
         self._sender.submit(envelope)
@@ -256,9 +256,13 @@ class Client:
         return True if self._sender is None else await self._sender.flush_async(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Flush, keep what could not be sent in the spool (it is resent on the next start), stop."""
+        """Flush, keep what could not be sent in the spool (it is resent on the next start), stop.
+
+        A sender shared with other clients of the process stops with the last of them.
+        """
         if self._sender is not None:
-            self._sender.close(timeout)
+            self._sender.release(timeout)
+            self._sender = None
 
     def stats(self) -> dict[str, int]:
         figures = {} if self._sender is None else self._sender.stats()

@@ -165,7 +165,10 @@ _CLI_FLAG = re.compile(
 )
 _LONG_HEX = re.compile(r"(?<![A-Za-z0-9])(?:0x)?[0-9A-Fa-f]{32,}(?![A-Za-z0-9])")
 _BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{40,}={0,2}(?![A-Za-z0-9+/_=-])")
+MEMO_LENGTH = 512
+"""Strings up to this length are scrubbed once per scrubber and then remembered (up to 4,096 of them)."""
 _LONG_WORD = 32
+_LONG_TOKEN = re.compile(rf"\S{{{_LONG_WORD},}}")
 """Neither long-secret rule can match inside a whitespace-separated word shorter than this, so only longer
 words are searched: a scan of the whole text for runs of word characters costs more than all other rules."""
 
@@ -299,7 +302,7 @@ def _long_secrets(text: str) -> str:
 
     Longest word first, so a word is rewritten whole before a shorter word it contains is looked at.
     """
-    words = sorted({word for word in text.split() if len(word) >= _LONG_WORD}, key=len, reverse=True)
+    words = sorted({match.group() for match in _LONG_TOKEN.finditer(text)}, key=len, reverse=True)
     for word in words:
         scrubbed = _BASE64_RUN.sub(_base64, _LONG_HEX.sub(REDACTED, word))
         if scrubbed != word:
@@ -492,6 +495,7 @@ class Scrubber:
         environment: Mapping[str, str] = os.environ if env is None else env
 
         self._extra: tuple[_Rule, ...] = ()
+        self._short = functools.lru_cache(maxsize=4096)(self._scrub)
         for pattern, replacement in extra_rules:
             self.add_rule(pattern, replacement)
 
@@ -550,11 +554,20 @@ class Scrubber:
         """
         compiled = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
         self._extra = (*self._extra, _regex_rule(compiled, replacement))
+        self._short.cache_clear()
 
     def text(self, value: str) -> str:
-        """``value`` with every private item replaced by its token, in the order the module describes."""
+        """``value`` with every private item replaced by its token, in the order the module describes.
+
+        Short strings (failure reasons, error messages, tags) repeat across outcomes, so they are memoised.
+        """
         if not value:
             return value
+        if len(value) <= MEMO_LENGTH:
+            return self._short(value)
+        return self._scrub(value)
+
+    def _scrub(self, value: str) -> str:
         for rule in self._extra:
             value = rule.apply(value)
         # Rules only remove text or insert tokens, so a needle missing from an older lower-cased copy is

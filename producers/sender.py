@@ -28,7 +28,8 @@ from ostinato.settings import Settings, redact_url
 
 log = structlog.get_logger(__name__)
 
-Envelope = dict[str, Any]
+Envelope = dict[str, Any] | str
+"""A JSON object, or the same as JSON text (what the client sends: the worker validates text fastest)."""
 Deferred = Callable[[], Envelope | None]
 """An envelope finished on the sender's thread (scrubbing is costly); None means the runner dropped it."""
 Pending = Envelope | Deferred
@@ -43,6 +44,10 @@ STAT_NAMES = (
     "task_messages",
     "overflowed",
 )
+
+
+_SHARED: dict[tuple[str, str, str], tuple[Sender, int]] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 def producer_app(settings: Settings, publish_timeout: float) -> Celery:
@@ -102,9 +107,45 @@ class Sender:
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._shared_key: tuple[str, str, str] | None = None
         self._thread = threading.Thread(target=self._run, name="ostinato-sender", daemon=True)
         self._thread.start()
         atexit.register(self.close)
+
+    @classmethod
+    def shared(cls, settings: Settings) -> Sender:
+        """The process's sender for these settings' broker, prefix and spool; ``release`` when done.
+
+        Jobs of one runner process share it, so their messages fill the same batches (one task message
+        per batch is what makes ingest fast) and one spool, and only one thread publishes.
+        """
+        key = (settings.broker_url, settings.key_prefix, str(settings.spool_dir))
+        with _SHARED_LOCK:
+            sender, users = _SHARED.get(key, (None, 0))
+            if sender is None or sender._closed:
+                sender, users = cls(settings), 0
+            _SHARED[key] = (sender, users + 1)
+            sender._shared_key = key
+            return sender
+
+    def release(self, timeout: float = 5.0) -> None:
+        """Flush; close when this was the last user of a shared sender (or when it is not shared)."""
+        key = self._shared_key
+        if key is None:
+            self.close(timeout)
+            return
+        with _SHARED_LOCK:
+            sender, users = _SHARED.get(key, (None, 0))
+            last = sender is not self or users <= 1
+            if sender is self:
+                if last:
+                    del _SHARED[key]
+                else:
+                    _SHARED[key] = (self, users - 1)
+        if last:
+            self.close(timeout)
+        else:
+            self.flush(timeout)
 
     def submit(self, envelope: Pending) -> None:
         """Queue ``envelope``; never network I/O, never raises; a full queue spills to the spool on disk.

@@ -22,7 +22,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-Batch = list[dict[str, Any]]
+Batch = list[dict[str, Any] | str]
 MAX_SLOTS = 64
 _WIDTH = 20
 _SUFFIX = ".json"

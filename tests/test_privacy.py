@@ -36,11 +36,11 @@ def test_planted_secrets_never_reach_redis_or_postgres(
         client.close()
 
     messages = queued_messages(redis_client, prefix)
-    on_the_wire = json.dumps([m.args for m in messages])
+    envelopes = [json.loads(e) if isinstance(e, str) else e for m in messages for e in m.args[0]]
+    on_the_wire = json.dumps(envelopes)
     assert messages
     assert_clean(on_the_wire)
 
-    envelopes = [envelope for m in messages for envelope in m.args[0]]
     report = Intake(pg_store, delivery_id="privacy", task_name="test")(envelopes)
     assert (report.applied, report.dead_lettered) == (4, 0)
     with pg_store.batch() as conn:

@@ -14,12 +14,10 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from redis_server import RedisServer, TaskMessage, queue_key, queued_messages
 from structlog.testing import capture_logs
 
-from ostinato.broker import BATCH_TASK, INGEST_QUEUE, transport_options
+from ostinato.broker import BATCH_TASK
 from ostinato.producers.sender import Sender
 from ostinato.producers.spool import Spool, SpoolFull
 from ostinato.settings import Settings
@@ -41,6 +39,12 @@ def envelope(seq: int, source: str = "t", pad: int = 0) -> dict[str, Any]:
         "seq": seq,
         "source": source,
     }
+
+
+def seq(envelope: dict[str, Any] | str) -> int:
+    """The test's sequence number of a spooled envelope (the tests spool JSON objects)."""
+    assert isinstance(envelope, dict)
+    return int(envelope["seq"])
 
 
 def published(messages: list[TaskMessage]) -> list[dict[str, Any]]:
@@ -111,7 +115,7 @@ def test_spool_is_fifo_and_keeps_order_and_numbering_across_restart(tmp_path: Pa
     assert len(spool) == 3
     assert spool.bytes_used == sum(f.stat().st_size for f in spool.path.glob("*.json"))
     first = spool.peek()
-    assert first is not None and first[1][0]["seq"] == 0
+    assert first is not None and seq(first[1][0]) == 0
     spool.remove(first[0])
     spool.close()
 
@@ -121,7 +125,7 @@ def test_spool_is_fifo_and_keeps_order_and_numbering_across_restart(tmp_path: Pa
     seen, keys = [], []
     while (head := reopened.peek()) is not None:
         keys.append(head[0])
-        seen.append(head[1][0]["seq"])
+        seen.append(seq(head[1][0]))
         reopened.remove(head[0])
     assert seen == [1, 2, 3]
     assert keys == sorted(keys) and keys[0] > first[0]
@@ -167,7 +171,7 @@ def test_spool_sets_a_corrupt_file_aside_and_goes_on(tmp_path: Path) -> None:
     with capture_logs() as logs:
         seen = []
         while (head := reopened.peek()) is not None:
-            seen.append(head[1][0]["seq"])
+            seen.append(seq(head[1][0]))
             reopened.remove(head[0])
     assert seen == [0, 2]
     assert (corrupt.parent / (corrupt.name + ".corrupt")).exists()
@@ -218,31 +222,6 @@ def test_four_threads_thousand_envelopes_arrive_once_in_few_batches(
     assert stats["submitted"] == stats["published"] == 1000
     assert stats["task_messages"] == len(messages)
     assert stats["dropped"] == stats["spooled"] == stats["publish_errors"] == 0
-
-
-def test_a_plain_celery_worker_consumes_the_batches(tmp_path: Path, prefix: str) -> None:
-    """The wire format is ordinary Celery protocol 2 JSON: a worker with the same key prefix runs the task."""
-    settings = settings_for(SHARED_URL, prefix, tmp_path)
-    app = Celery("producer-transport-test", set_as_current=False)
-    app.conf.update(
-        broker_url=SHARED_URL,
-        broker_transport_options=transport_options(settings),
-        accept_content=["json"],
-        task_ignore_result=True,
-    )
-    received: list[dict[str, Any]] = []
-
-    @app.task(name=BATCH_TASK, shared=False)  # type: ignore[untyped-decorator]
-    def ingest_batch(envelopes: list[dict[str, Any]]) -> None:
-        received.extend(envelopes)
-
-    with start_worker(app, pool="solo", perform_ping_check=False, queues=[INGEST_QUEUE], loglevel="WARNING"):
-        with Sender(settings) as sender:
-            for n in range(1000):
-                sender.submit(envelope(n))
-            assert sender.flush(5)
-        assert wait_until(lambda: len(received) >= 1000, 10)
-    assert sorted(e["seq"] for e in received) == list(range(1000))
 
 
 def test_envelope_json_cannot_encode_is_dropped_loudly_and_the_rest_published(

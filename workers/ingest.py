@@ -32,6 +32,7 @@ from ostinato.workers.store import ApplicationInput, Store
 from ostinato.workers.store.evolution import DuplicateCycleError
 from ostinato.workers.store.executions import ExecutionInput
 from ostinato.workers.store.patterns import PatternSighting
+from ostinato.workers.store.success_factors import FactorObservation, observation
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -131,8 +132,7 @@ def _apply(store: Store, messages: Sequence[Message], detector: Detector | None,
             )
 
     store.record_pattern_applications(applications)
-    for outcome in outcomes:
-        _record_success_factors(store, outcome)
+    store.record_success_factors([seen for m in outcomes for seen in _success_observations(m)])
 
     for rate_message in batch.rate_limits:
         rate = rate_message.payload
@@ -186,13 +186,9 @@ def _claim(store: Store, messages: Sequence[Message]) -> list[Message]:
         return []
     now = store.now()
     rows = [{"message_id": mid, "kind": unique[mid].kind, "processed_at": now} for mid in sorted(unique)]
-    statement = (
-        store.insert(processed_messages)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["message_id"])
-        .returning(processed_messages.c.message_id)
+    claimed = set(
+        store.insert_rows(processed_messages, rows, returning="message_id", conflict=["message_id"])
     )
-    claimed = set(store.conn.execute(statement).scalars())
     return [m for mid, m in unique.items() if mid in claimed]
 
 
@@ -297,22 +293,24 @@ def _latest(values: Sequence[T | None]) -> T | None:
     return next((v for v in reversed(values) if v is not None), None)
 
 
-def _record_success_factors(store: Store, message: SheetOutcomeMessage) -> None:
-    """Keep why each applied pattern worked, for the outcomes where it did (upstream's E.3.b)."""
+def _success_observations(message: SheetOutcomeMessage) -> list[FactorObservation]:
+    """Why each applied pattern worked, for the outcomes where it did (upstream's E.3.b)."""
     o = message.payload
     if not (o.validation_pass_rate >= 1.0 and o.success_without_retry):
-        return
+        return []
     context = o.success_context
-    for pid in dict.fromkeys(o.patterns_applied):
-        store.update_success_factors(
+    return [
+        observation(
             pid,
+            o.completed_at or message.sent_at,
             validation_types=sorted({v.validation_type for v in o.validation_results}),
             prior_sheet_status=context.prior_sheet_status if context else None,
             retry_iteration=o.retry_count,
             escalation_was_pending=context.escalation_was_pending if context else False,
             grounding_confidence=o.grounding_confidence,
-            at=o.completed_at or message.sent_at,
         )
+        for pid in dict.fromkeys(o.patterns_applied)
+    ]
 
 
 def _record_evolution(store: Store, message: EvolutionEntryMessage) -> int:

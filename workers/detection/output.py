@@ -14,45 +14,120 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 CONTEXT_LINES = 2
+_NEWLINE = re.compile("\n")
 
 _I = re.IGNORECASE
-OUTPUT_MATCHERS: tuple[tuple[str, re.Pattern[str], float], ...] = (
-    ("rate_limit", re.compile(r"rate\s*limit|too\s*many\s*requests|\b429\b|quota\s*exceeded", _I), 0.95),
-    ("api_error", re.compile(r"api\s*error|service\s*unavailable|\b503\b|\b500\s*internal", _I), 0.90),
-    (
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """A signature: its regex, and lower-case needles of which every alternative contains one.
+
+    A tail is only searched with the regexes whose needle it contains: substring tests are far cheaper
+    than 21 case-insensitive regex scans, and most tails contain no signature at all.
+    """
+
+    name: str
+    pattern: re.Pattern[str]
+    confidence: float
+    needles: tuple[str, ...]
+
+
+OUTPUT_MATCHERS: tuple[Matcher, ...] = (
+    Matcher(
+        "rate_limit",
+        re.compile(r"rate\s*limit|too\s*many\s*requests|\b429\b|quota\s*exceeded", _I),
+        0.95,
+        ("rate", "too", "429", "quota"),
+    ),
+    Matcher(
+        "api_error",
+        re.compile(r"api\s*error|service\s*unavailable|\b503\b|\b500\s*internal", _I),
+        0.90,
+        ("api", "service", "503", "500"),
+    ),
+    Matcher(
         "timeout",
         re.compile(r"timeout|timed?\s*out|connection\s*timed?\s*out|deadline\s*exceeded", _I),
         0.90,
+        ("time", "deadline"),
     ),
-    ("import_error", re.compile(r"ImportError|ModuleNotFoundError|No\s*module\s*named", _I), 0.95),
-    ("syntax_error", re.compile(r"SyntaxError|IndentationError|TabError", _I), 0.95),
-    ("type_error", re.compile(r"TypeError:\s*[^\n]+", _I), 0.90),
-    ("attribute_error", re.compile(r"AttributeError:\s*[^\n]+", _I), 0.90),
-    ("key_error", re.compile(r"KeyError:\s*[^\n]+", _I), 0.85),
-    ("value_error", re.compile(r"ValueError:\s*[^\n]+", _I), 0.85),
-    ("name_error", re.compile(r"NameError:\s*name\s*'[^']+'\s*is\s*not\s*defined", _I), 0.95),
-    ("permission_denied", re.compile(r"permission\s*denied|access\s*denied|\bEACCES\b", _I), 0.95),
-    ("file_not_found", re.compile(r"FileNotFoundError|No\s*such\s*file|\bENOENT\b", _I), 0.95),
-    ("disk_full", re.compile(r"no\s*space\s*left|disk\s*full|\bENOSPC\b", _I), 0.95),
-    ("connection_refused", re.compile(r"connection\s*refused|\bECONNREFUSED\b", _I), 0.90),
-    ("connection_reset", re.compile(r"connection\s*reset|\bECONNRESET\b", _I), 0.85),
-    ("dns_error", re.compile(r"could\s*not\s*resolve\s*host|dns\s*error|\bNXDOMAIN\b", _I), 0.90),
-    (
+    Matcher(
+        "import_error",
+        re.compile(r"ImportError|ModuleNotFoundError|No\s*module\s*named", _I),
+        0.95,
+        ("importerror", "module"),
+    ),
+    Matcher(
+        "syntax_error",
+        re.compile(r"SyntaxError|IndentationError|TabError", _I),
+        0.95,
+        ("syntaxerror", "indentationerror", "taberror"),
+    ),
+    Matcher("type_error", re.compile(r"TypeError:\s*[^\n]+", _I), 0.90, ("typeerror",)),
+    Matcher("attribute_error", re.compile(r"AttributeError:\s*[^\n]+", _I), 0.90, ("attributeerror",)),
+    Matcher("key_error", re.compile(r"KeyError:\s*[^\n]+", _I), 0.85, ("keyerror",)),
+    Matcher("value_error", re.compile(r"ValueError:\s*[^\n]+", _I), 0.85, ("valueerror",)),
+    Matcher(
+        "name_error",
+        re.compile(r"NameError:\s*name\s*'[^']+'\s*is\s*not\s*defined", _I),
+        0.95,
+        ("nameerror",),
+    ),
+    Matcher(
+        "permission_denied",
+        re.compile(r"permission\s*denied|access\s*denied|\bEACCES\b", _I),
+        0.95,
+        ("permission", "access", "eacces"),
+    ),
+    Matcher(
+        "file_not_found",
+        re.compile(r"FileNotFoundError|No\s*such\s*file|\bENOENT\b", _I),
+        0.95,
+        ("filenotfounderror", "such", "enoent"),
+    ),
+    Matcher(
+        "disk_full",
+        re.compile(r"no\s*space\s*left|disk\s*full|\bENOSPC\b", _I),
+        0.95,
+        ("space", "disk", "enospc"),
+    ),
+    Matcher(
+        "connection_refused",
+        re.compile(r"connection\s*refused|\bECONNREFUSED\b", _I),
+        0.90,
+        ("refused",),
+    ),
+    Matcher("connection_reset", re.compile(r"connection\s*reset|\bECONNRESET\b", _I), 0.85, ("reset",)),
+    Matcher(
+        "dns_error",
+        re.compile(r"could\s*not\s*resolve\s*host|dns\s*error|\bNXDOMAIN\b", _I),
+        0.90,
+        ("resolve", "dns", "nxdomain"),
+    ),
+    Matcher(
         "auth_failure",
         re.compile(r"authentication\s*fail|invalid\s*credential|unauthorized|\b401\b", _I),
         0.90,
+        ("authentication", "credential", "unauthorized", "401"),
     ),
-    ("token_expired", re.compile(r"token\s*expired|session\s*expired|jwt\s*expired", _I), 0.90),
-    ("traceback", re.compile(r"Traceback\s*\(most\s*recent\s*call\s*last\)"), 0.75),
-    ("assertion_error", re.compile(r"AssertionError:\s*[^\n]*", _I), 0.85),
-    (
+    Matcher(
+        "token_expired",
+        re.compile(r"token\s*expired|session\s*expired|jwt\s*expired", _I),
+        0.90,
+        ("expired",),
+    ),
+    Matcher("traceback", re.compile(r"Traceback\s*\(most\s*recent\s*call\s*last\)"), 0.75, ("traceback",)),
+    Matcher("assertion_error", re.compile(r"AssertionError:\s*[^\n]*", _I), 0.85, ("assertionerror",)),
+    Matcher(
         "out_of_memory",
         # OOMKilled and oom_kill are the kernel's and Kubernetes' spellings of the same event.
         re.compile(r"out\s*of\s*memory|MemoryError|\bOOM(?:_?kill\w*)?\b|killed\s*by\s*kernel", _I),
         0.95,
+        ("memory", "oom", "killed"),
     ),
 )
-"""(name, matcher, confidence), in the order hits on one line are reported."""
+"""In the order hits on one line are reported."""
 
 
 @dataclass(frozen=True)
@@ -78,26 +153,34 @@ def extract_output_patterns(text: str) -> list[OutputHit]:
     """Every signature in ``text``, by line; one hit per name per line, different names all kept."""
     if not text or not text.strip():
         return []
+    lowered = text.lower()
+    found = [
+        (m, match)
+        for m in OUTPUT_MATCHERS
+        if any(needle in lowered for needle in m.needles)
+        for match in m.pattern.finditer(text)
+    ]
+    if not found:
+        return []
     lines = _lines(text)
-    newlines = [index for index, char in enumerate(text) if char == "\n"]
+    newlines = [newline.start() for newline in _NEWLINE.finditer(text)]
     hits: list[OutputHit] = []
     seen: set[tuple[str, int]] = set()
-    for name, matcher, confidence in OUTPUT_MATCHERS:
-        for found in matcher.finditer(text):
-            line = bisect.bisect_left(newlines, found.start()) + 1
-            if (name, line) in seen:
-                continue
-            seen.add((name, line))
-            index = line - 1
-            hits.append(
-                OutputHit(
-                    name=name,
-                    line=line,
-                    confidence=confidence,
-                    context_before=tuple(lines[max(0, index - CONTEXT_LINES) : index]),
-                    context_after=tuple(lines[index + 1 : index + 1 + CONTEXT_LINES]),
-                )
+    for matcher, match in found:
+        line = bisect.bisect_left(newlines, match.start()) + 1
+        if (matcher.name, line) in seen:
+            continue
+        seen.add((matcher.name, line))
+        index = line - 1
+        hits.append(
+            OutputHit(
+                name=matcher.name,
+                line=line,
+                confidence=matcher.confidence,
+                context_before=tuple(lines[max(0, index - CONTEXT_LINES) : index]),
+                context_after=tuple(lines[index + 1 : index + 1 + CONTEXT_LINES]),
             )
+        )
     hits.sort(key=lambda hit: hit.line)
     return hits
 

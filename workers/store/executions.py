@@ -104,10 +104,7 @@ class ExecutionsMixin(PatternsMixin):
             return 0
         now = self.now()
         values = [self._execution_values(unique[key], now) for key in sorted(unique)]
-        statement = (
-            self.insert(executions).on_conflict_do_nothing(index_elements=["id"]).returning(executions.c.id)
-        )
-        return len(self.conn.execute(statement, values).all())
+        return len(self.insert_rows(executions, values, returning="id", conflict=["id"]))
 
     @staticmethod
     def _execution_values(row: ExecutionInput, now: datetime) -> dict[str, Any]:

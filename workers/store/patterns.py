@@ -239,8 +239,7 @@ class PatternsMixin(StoreBase):
             for pid in sorted(known)
             for a in by_pattern[pid]
         ]
-        if rows:
-            self.conn.execute(pattern_applications.insert(), rows)
+        self.insert_rows(pattern_applications, rows)
         for pid in sorted(known):
             group = by_pattern[pid]
             successes = [a.applied_at for a in group if a.pattern_led_to_success]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -133,6 +136,38 @@ def analyze(record: PatternRecord) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class FactorObservation:
+    """The context of one success of one pattern, at the time it happened."""
+
+    pattern_id: str
+    observed: SuccessFactors
+    at: datetime
+
+
+def observation(
+    pattern_id: str,
+    at: datetime,
+    validation_types: list[str] | None = None,
+    error_categories: list[str] | None = None,
+    prior_sheet_status: str | None = None,
+    retry_iteration: int = 0,
+    escalation_was_pending: bool = False,
+    grounding_confidence: float | None = None,
+) -> FactorObservation:
+    """An observation; its time bucket is the UTC hour of ``at``."""
+    observed = SuccessFactors(
+        validation_types=list(validation_types or []),
+        error_categories=list(error_categories or []),
+        prior_sheet_status=prior_sheet_status,
+        time_of_day_bucket=time_of_day_bucket(at.astimezone(UTC).hour),
+        retry_iteration=retry_iteration,
+        escalation_was_pending=escalation_was_pending,
+        grounding_confidence=grounding_confidence,
+    )
+    return FactorObservation(pattern_id, observed, at)
+
+
 class SuccessFactorsMixin(PatternsMixin):
     """Success factors: why a pattern works."""
 
@@ -154,50 +189,73 @@ class SuccessFactorsMixin(PatternsMixin):
         ``at`` is when the success happened (the store clock when None); it picks the UTC time bucket.
         Returns the stored factors, or None when the pattern does not exist.
         """
-        if not self.lock_patterns([pattern_id]):
-            log.info("update_success_factors_skipped", reason="pattern_not_found", pattern_id=pattern_id)
-            return None
-        when = at or self.now()
-        observed = SuccessFactors(
-            validation_types=list(validation_types or []),
-            error_categories=list(error_categories or []),
-            prior_sheet_status=prior_sheet_status,
-            time_of_day_bucket=time_of_day_bucket(when.astimezone(UTC).hour),
-            retry_iteration=retry_iteration,
-            escalation_was_pending=escalation_was_pending,
-            grounding_confidence=grounding_confidence,
+        seen = observation(
+            pattern_id,
+            at or self.now(),
+            validation_types,
+            error_categories,
+            prior_sheet_status,
+            retry_iteration,
+            escalation_was_pending,
+            grounding_confidence,
         )
-        return self._store_factors(pattern_id, observed, when)
+        return self.record_success_factors([seen]).get(pattern_id)
 
-    def _store_factors(self, pattern_id: str, observed: SuccessFactors, when: datetime) -> SuccessFactors:
-        where = patterns.c.id == pattern_id
-        row = self.conn.execute(
+    @transactional
+    def record_success_factors(self, observations: Sequence[FactorObservation]) -> dict[str, SuccessFactors]:
+        """Fold many observations into their patterns' factors: one locked read and one write per pattern.
+
+        Observations of unknown patterns are skipped (and logged). Returns the stored factors by pattern.
+        """
+        by_pattern: dict[str, list[FactorObservation]] = defaultdict(list)
+        for seen in observations:
+            by_pattern[seen.pattern_id].append(seen)
+        known = self.lock_patterns(by_pattern)
+        for missing in sorted(set(by_pattern) - set(known)):
+            log.info("update_success_factors_skipped", reason="pattern_not_found", pattern_id=missing)
+        if not known:
+            return {}
+        rows = self.conn.execute(
             select(
+                patterns.c.id,
                 patterns.c.success_factors,
                 patterns.c.success_factors_updated_at,
                 patterns.c.led_to_success_count,
                 patterns.c.led_to_failure_count,
-            ).where(where)
-        ).one()
-        stamped = row.success_factors_updated_at
-        factors = observed
-        if row.success_factors is not None:
-            factors = merge_factors(
-                SuccessFactors.model_validate(row.success_factors),
-                observed,
-                newer=stamped is None or when >= stamped,
-                successes=row.led_to_success_count,
-                failures=row.led_to_failure_count,
-            )
-        self.conn.execute(
-            update(patterns)
-            .where(where)
-            .values(
-                success_factors=factors.model_dump(mode="json"),
-                success_factors_updated_at=when if stamped is None else max(stamped, when),
-            )
+            ).where(patterns.c.id.in_(known))
         )
-        return factors
+        stored: dict[str, SuccessFactors] = {}
+        for row in rows:
+            factors, stamped = self._fold(row, sorted(by_pattern[row.id], key=lambda o: o.at))
+            stored[row.id] = factors
+            self.conn.execute(
+                update(patterns)
+                .where(patterns.c.id == row.id)
+                .values(success_factors=factors.model_dump(mode="json"), success_factors_updated_at=stamped)
+            )
+        return stored
+
+    @staticmethod
+    def _fold(row: Any, seen: list[FactorObservation]) -> tuple[SuccessFactors, datetime]:
+        """Merge observations (oldest first) into the row's factors; returns them and the new stamp."""
+        factors: SuccessFactors | None = (
+            None if row.success_factors is None else SuccessFactors.model_validate(row.success_factors)
+        )
+        stamped: datetime | None = row.success_factors_updated_at
+        for item in seen:
+            if factors is None:
+                factors = item.observed
+            else:
+                factors = merge_factors(
+                    factors,
+                    item.observed,
+                    newer=stamped is None or item.at >= stamped,
+                    successes=row.led_to_success_count,
+                    failures=row.led_to_failure_count,
+                )
+            stamped = item.at if stamped is None else max(stamped, item.at)
+        assert factors is not None and stamped is not None
+        return factors, stamped
 
     @transactional
     def get_success_factors(self, pattern_id: str) -> SuccessFactors | None:
