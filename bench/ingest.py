@@ -1,16 +1,18 @@
 """Ingest throughput: producer → Redis → Celery worker → PostgreSQL, next to two baselines.
 
-    python bench/ingest.py [--outcomes 20000] [--naive 3000] [--concurrency 2]
+    python bench/ingest.py [--outcomes 20000] [--naive 3000] [--concurrency 2] [--producers 2]
 
 Prints end-to-end outcomes/s and publish calls/s for ostinato, the naive design (one Celery task and one
 INSERT per message) and the floor (psycopg ``executemany`` of the same execution rows in one transaction),
-all measured in the same run on this machine.
+all measured in the same run on this machine. Both designs publish from the same number of runner processes
+(``--producers``), as a fleet of runners would.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import random
 import time
 from collections.abc import Callable
@@ -22,7 +24,6 @@ import psycopg
 from common import isolated_environment, wait_until, worker_process
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, text
 
 JOBS = 10
 TAIL = "\n".join(
@@ -66,67 +67,93 @@ def realistic_outcome(rng: random.Random, index: int, pattern_ids: list[str]) ->
 
 
 def count(url: str, table: str) -> int:
-    engine = create_engine(url)
-    with engine.connect() as connection:
-        value = connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
-    engine.dispose()
-    return int(value)
+    """Rows in ``table``, over one connection kept per database (polling must not cost the run CPU)."""
+    if url not in _CONNECTIONS:
+        _CONNECTIONS[url] = psycopg.connect(
+            url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
+        )
+    row = _CONNECTIONS[url].execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(row[0]) if row else 0
 
 
-def bench_ostinato(n: int, concurrency: int) -> dict[str, float]:
-    from ostinato.producers import Client
-    from ostinato.schema.identity import pattern_id
+_CONNECTIONS: dict[str, psycopg.Connection[Any]] = {}
 
-    with isolated_environment("ostinato") as env:
+
+def publish_share(design: str, share: int, seed: int, ready: Any, go: Any, results: Any) -> None:
+    """One producer process: prepare its outcomes, wait for the start, publish them, report its rate."""
+    from ostinato.schema.identity import hash_job, hash_workspace, pattern_id
+
+    rng = random.Random(seed)
+    pattern_ids = (
+        [pattern_id("semantic_insight", f"hint {k}") for k in range(4)] if design == "ostinato" else []
+    )
+    outcomes = [realistic_outcome(rng, seed * share + i, pattern_ids) for i in range(share)]
+    if design == "ostinato":
+        from ostinato.producers import Client
+
+        clients = [Client(f"bench-job-{seed}-{j}", f"/srv/bench/{seed}/{j}") for j in range(JOBS)]
+        ready.put(seed)
+        go.wait()
+        start = time.monotonic()
+        for i, outcome in enumerate(outcomes):
+            clients[i % JOBS].record_outcome(outcome)
+        published = time.monotonic()
+        for client in clients:
+            client.close(600)
+    else:
+        from naive_app import app
+
+        for outcome in outcomes:
+            outcome["started_at"] = outcome["started_at"].isoformat()
+            outcome["completed_at"] = outcome["completed_at"].isoformat()
+        envelope = {"workspace_hash": hash_workspace("/srv/bench"), "job_hash": hash_job("naive")}
+        ready.put(seed)
+        go.wait()
+        start = time.monotonic()
+        for outcome in outcomes:
+            app.send_task("naive.insert", args=[{**envelope, "payload": outcome}], queue="naive")
+        published = time.monotonic()
+    results.put(share / (published - start))
+
+
+def run_design(design: str, n: int, producers: int, concurrency: int) -> dict[str, float]:
+    """End to end: from the moment all producers start publishing until the store holds all ``n``."""
+    app_name, queue, table = {
+        "ostinato": ("ostinato.workers", "ostinato.ingest", "processed_messages"),
+        "naive": ("naive_app", "naive", "executions"),
+    }[design]
+    context = multiprocessing.get_context("spawn")
+    with isolated_environment(design) as env:
         url = env["OSTINATO_DATABASE_URL"]
-        clients = [Client(f"bench-job-{j}", f"/srv/bench/{j}") for j in range(JOBS)]
-        pattern_ids = [pattern_id("semantic_insight", f"hint {k}") for k in range(4)]
-        with worker_process(env, "ostinato.workers", "ostinato.ingest", concurrency):
-            for k in range(4):
-                clients[0].report_pattern("semantic_insight", f"hint {k}", "a runner's hint")
-            clients[0].flush(60)
-            wait_until(lambda: count(url, "processed_messages") == 4, timeout=120)
-            rng = random.Random(1)
-            outcomes = [realistic_outcome(rng, i, pattern_ids) for i in range(n)]
+        with worker_process(env, app_name, queue, concurrency):
+            baseline = 0
+            if design == "ostinato":
+                from ostinato.producers import Client
+
+                with Client("bench-setup", "/srv/bench") as setup:
+                    for k in range(4):
+                        setup.report_pattern("semantic_insight", f"hint {k}", "a runner's hint")
+                baseline = 4
+                wait_until(lambda: count(url, table) == baseline, timeout=120)
+            ready, results, go = context.Queue(), context.Queue(), context.Event()
+            share = n // producers
+            processes = [
+                context.Process(target=publish_share, args=(design, share, seed, ready, go, results))
+                for seed in range(producers)
+            ]
+            for process in processes:
+                process.start()
+            for _ in processes:
+                ready.get(timeout=300)
             start = time.monotonic()
-            for i, outcome in enumerate(outcomes):
-                clients[i % JOBS].record_outcome(outcome)
-            published = time.monotonic()
-            for client in clients:
-                client.flush(600)
-            done = wait_until(lambda: count(url, "processed_messages") == n + 4, interval=0.05)
-            for client in clients:
-                client.close()
-        return {"seconds": done - start, "per_second": n / (done - start), "calls": n / (published - start)}
-
-
-def bench_naive(n: int, concurrency: int) -> dict[str, float]:
-    from naive_app import app
-
-    from ostinato.schema.identity import hash_job, hash_workspace
-
-    with isolated_environment("naive") as env:
-        url = env["OSTINATO_DATABASE_URL"]
-        rng = random.Random(2)
-        envelopes: list[dict[str, Any]] = [
-            {
-                "workspace_hash": hash_workspace("/srv/bench"),
-                "job_hash": hash_job("naive"),
-                "payload": {**realistic_outcome(rng, i, []), "final_status": "completed"},
-            }
-            for i in range(n)
-        ]
-        for envelope in envelopes:
-            envelope["payload"]["started_at"] = envelope["payload"]["started_at"].isoformat()
-            envelope["payload"]["completed_at"] = envelope["payload"]["completed_at"].isoformat()
-        app.conf.broker_transport_options = {"global_keyprefix": env["OSTINATO_KEY_PREFIX"]}
-        with worker_process(env, "naive_app", "naive", concurrency):
-            start = time.monotonic()
-            for envelope in envelopes:
-                app.send_task("naive.insert", args=[envelope], queue="naive")
-            published = time.monotonic()
-            done = wait_until(lambda: count(url, "executions") == n, interval=0.05)
-        return {"seconds": done - start, "per_second": n / (done - start), "calls": n / (published - start)}
+            go.set()
+            done = wait_until(lambda: count(url, table) == baseline + share * producers, interval=0.1)
+            _CONNECTIONS.pop(url).close()
+            rates = [results.get(timeout=60) for _ in processes]
+            for process in processes:
+                process.join(60)
+        total = share * producers
+        return {"seconds": done - start, "per_second": total / (done - start), "calls": sum(rates)}
 
 
 def bench_floor(n: int) -> dict[str, float]:
@@ -169,7 +196,8 @@ def main() -> None:
     )
     parser.add_argument("--outcomes", type=int, default=20_000)
     parser.add_argument("--naive", type=int, default=3_000)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--producers", type=int, default=2, help="runner processes publishing at once")
     args = parser.parse_args()
 
     console = Console()
@@ -177,12 +205,12 @@ def main() -> None:
         (
             "ostinato (producer → Redis → batch ingest)",
             args.outcomes,
-            lambda: bench_ostinato(args.outcomes, args.concurrency),
+            lambda: run_design("ostinato", args.outcomes, args.producers, args.concurrency),
         ),
         (
             "naive (one task + one INSERT per message)",
             args.naive,
-            lambda: bench_naive(args.naive, args.concurrency),
+            lambda: run_design("naive", args.naive, args.producers, args.concurrency),
         ),
         ("floor (psycopg executemany, one transaction)", args.outcomes, lambda: bench_floor(args.outcomes)),
     ]

@@ -14,8 +14,8 @@ from ostinato.broker import BATCH_TASK, kind_task
 from ostinato.schema.messages import KINDS
 from ostinato.settings import get_settings
 from ostinato.workers import runtime
-from ostinato.workers.app import app
 from ostinato.workers.broadcast import publish_discoveries
+from ostinato.workers.celery_app import app
 from ostinato.workers.detection.jobs import detect_sightings
 from ostinato.workers.intake import INFRASTRUCTURE_ERRORS, Intake
 
