@@ -1,12 +1,16 @@
-"""The runner-side client: validate, scrub, hash, and hand to the background sender.
+"""The runner-side client: validate, scrub, hash, and hand to the background sender; rate limits and reads.
 
 Every publishing call returns the message id in microseconds; the network is only ever touched by the
-sender's thread. With ``enabled=False`` every call is a cheap no-op, and publishing and preflight reads can be
-switched off separately, as upstream's learning configuration allows.
+sender's thread. The exceptions are deliberate: ``report_rate_limit`` and ``rate_limit_status`` make one short
+Redis round trip (other runners must see a limit at once), and the preflight reads query the store.
+With ``enabled=False`` every call is a cheap no-op, and publishing (messages and rate-limit keys) and
+preflight reads can be switched off separately, as upstream's learning configuration allows; a switched-off
+read gives the neutral answer (nothing found, the static delay, not limited).
 """
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -17,6 +21,17 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel
 
+from ostinato.producers.preflight import (
+    NO_WINDOW,
+    RELEVANT_LIMIT,
+    ExecutionWindow,
+    LearnedWait,
+    PatternContext,
+    Preflight,
+    RelevantPattern,
+    static_wait,
+)
+from ostinato.producers.rate_limits import NOT_LIMITED, RateLimits, RateLimitStatus
 from ostinato.producers.scrub import Scrubber
 from ostinato.producers.sender import Sender
 from ostinato.schema.identity import hash_job, hash_workspace
@@ -37,8 +52,17 @@ from ostinato.schema.messages import (
     PatternReport,
     PatternReportMessage,
     Provenance,
+    RateLimit,
+    RateLimitMessage,
     SheetOutcome,
     SheetOutcomeMessage,
+)
+from ostinato.schema.records import (
+    EscalationDecisionRecord,
+    ExecutionRecord,
+    ExplorationBudgetRecord,
+    PatternDiscoveryEvent,
+    PatternRecord,
 )
 from ostinato.settings import Settings, get_settings
 
@@ -46,6 +70,7 @@ AnyMessage = (
     SheetOutcomeMessage
     | PatternApplicationMessage
     | PatternReportMessage
+    | RateLimitMessage
     | ErrorRecoveryMessage
     | EscalationDecisionMessage
     | EvolutionEntryMessage
@@ -90,6 +115,8 @@ class Client:
         self.dropped_by_hook = 0
         self._lock = threading.Lock()
         self._sender = sender if sender is not None or not self.publishing else Sender.shared(self.settings)
+        self._rate_limits: RateLimits | None = None
+        self._preflight: Preflight | None = None
 
     # -- publishing -------------------------------------------------------------------------------------
 
@@ -223,6 +250,138 @@ class Client:
             entry = EvolutionEntry.model_validate({"recorded_at": _now(), **entry})
         return self._send(EvolutionEntryMessage, lambda: self.scrubber.payload(entry))
 
+    # -- rate limits ------------------------------------------------------------------------------------
+
+    def report_rate_limit(self, model: str, error_code: str, retry_after_seconds: float) -> UUID | None:
+        """Tell every runner at once that ``model`` is limited for ``retry_after_seconds``, and keep it.
+
+        Writes the model's Redis key (a longer limit already there is kept; a Redis error is logged, never
+        raised) and queues a ``rate_limit`` message for the store's history. Returns that message's id.
+        """
+        if not self.publishing:
+            return None
+        payload = RateLimit(
+            error_code=error_code, model=model, retry_after_seconds=retry_after_seconds, recorded_at=_now()
+        )
+        self._rate_limiter().report(model, error_code, retry_after_seconds, self.job_hash)
+        return self._send(RateLimitMessage, lambda: self.scrubber.payload(payload))
+
+    def rate_limit_status(self, model: str) -> RateLimitStatus:
+        """Whether ``model`` is limited now (this job's own reports count), from Redis alone."""
+        if not self.enabled:
+            return NOT_LIMITED
+        return self._rate_limiter().status(model)
+
+    def _rate_limiter(self) -> RateLimits:
+        with self._lock:
+            if self._rate_limits is None:
+                self._rate_limits = RateLimits(self.settings)
+            return self._rate_limits
+
+    # -- preflight reads --------------------------------------------------------------------------------
+
+    def relevant_patterns(
+        self,
+        context: PatternContext,
+        limit: int = RELEVANT_LIMIT,
+        *,
+        rng: random.Random | None = None,
+        include_quarantined: bool = False,
+        include_retired: bool = False,
+        include_inactive: bool = False,
+    ) -> list[RelevantPattern]:
+        """Patterns to inject into a sheet's prompt, explored at this job's exploration budget."""
+        if not self.preflight:
+            return []
+        return self._reader().relevant_patterns(
+            context,
+            limit,
+            job_hash=self.job_hash,
+            rng=rng,
+            include_quarantined=include_quarantined,
+            include_retired=include_retired,
+            include_inactive=include_inactive,
+        )
+
+    def learned_wait(self, error_code: str, static_delay: float, model: str | None = None) -> LearnedWait:
+        """(delay, confidence, source) before retrying ``error_code``; the static delay when unknown."""
+        if not self.preflight:
+            return static_wait(static_delay)
+        return self._reader().learned_wait(error_code, static_delay, model)
+
+    def exploration_budget(self, job_hash: str | None = None) -> ExplorationBudgetRecord | None:
+        """A job's current exploration budget; this client's job unless another is named."""
+        if not self.preflight:
+            return None
+        return self._reader().exploration_budget(job_hash or self.job_hash)
+
+    def recent_discoveries(
+        self,
+        *,
+        include_own: bool = False,
+        pattern_type: str | None = None,
+        min_effectiveness: float = 0.0,
+        limit: int = 20,
+    ) -> list[PatternDiscoveryEvent]:
+        """Unexpired pattern discoveries, newest first; other jobs' only unless ``include_own``."""
+        if not self.preflight:
+            return []
+        exclude = None if include_own else self.job_hash
+        return self._reader().recent_discoveries(exclude, pattern_type, min_effectiveness, limit)
+
+    def similar_executions(
+        self,
+        job_hash: str | None = None,
+        workspace_hash: str | None = None,
+        sheet_num: int | None = None,
+        limit: int = 10,
+    ) -> list[ExecutionRecord]:
+        """Executions matching every given field (hashes, not names), newest first."""
+        if not self.preflight:
+            return []
+        return self._reader().similar_executions(job_hash, workspace_hash, sheet_num, limit)
+
+    def optimal_execution_window(
+        self, error_code: str | None = None, model: str | None = None
+    ) -> ExecutionWindow:
+        if not self.preflight:
+            return NO_WINDOW
+        return self._reader().optimal_execution_window(error_code, model)
+
+    def patterns_for_auto_apply(
+        self,
+        trust_threshold: float = 0.85,
+        require_validated: bool = True,
+        limit: int = 3,
+        context_tags: Sequence[str] | None = None,
+    ) -> list[PatternRecord]:
+        if not self.preflight:
+            return []
+        return self._reader().patterns_for_auto_apply(trust_threshold, require_validated, limit, context_tags)
+
+    def similar_escalations(
+        self,
+        confidence: float,
+        validation_pass_rate: float,
+        confidence_tolerance: float = 0.15,
+        pass_rate_tolerance: float = 0.15,
+        limit: int = 5,
+    ) -> list[EscalationDecisionRecord]:
+        """Past escalation decisions near this state (``validation_pass_rate`` a fraction)."""
+        if not self.preflight:
+            return []
+        return self._reader().similar_escalations(
+            confidence, validation_pass_rate, confidence_tolerance, pass_rate_tolerance, limit
+        )
+
+    def _reader(self) -> Preflight:
+        with self._lock:
+            if self._preflight is None:
+                self._preflight = Preflight(self.settings)
+            return self._preflight
+
+    # -- sending ----------------------------------------------------------------------------------------
+
     def _send(self, kind: type[AnyMessage], payload: Callable[[], BaseModel]) -> UUID:
         """Queue a message whose payload is made (scrubbed) on the sender's thread; its id is known now."""
         message_id = uuid4()
@@ -263,6 +422,13 @@ class Client:
         if self._sender is not None:
             self._sender.release(timeout)
             self._sender = None
+        with self._lock:
+            rate_limits, self._rate_limits = self._rate_limits, None
+            reader, self._preflight = self._preflight, None
+        if rate_limits is not None:
+            rate_limits.close()
+        if reader is not None:
+            reader.close()
 
     def stats(self) -> dict[str, int]:
         figures = {} if self._sender is None else self._sender.stats()

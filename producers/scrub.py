@@ -125,6 +125,8 @@ _KNOWN_TOKENS = (
     ("pypi-", r"[A-Za-z0-9_-]{50,}"),  # PyPI
 )
 _KNOWN_TOKEN = re.compile("|".join(_prefixed(literal, rest) for literal, rest in _KNOWN_TOKENS))
+_KNOWN_TOKEN_NEEDLES = tuple(sorted({literal.lower() for literal, _ in _KNOWN_TOKENS}))
+"""Every provider key starts with its literal, so text without any of them is not scanned."""
 _AUTH_SCHEMES = r"(?:bearer|basic|token|digest|negotiate)"
 _AUTH_HEADER = re.compile(
     r"(?i)(?<![A-Za-z0-9-])((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)"
@@ -510,7 +512,7 @@ class Scrubber:
             _regex_rule(_PRIVATE_KEY, REDACTED, ("private key",)),
             _Rule(self._environment),
             _regex_rule(_URL_CREDENTIALS, f"://{REDACTED}@", ("://",)),
-            _regex_rule(_KNOWN_TOKEN, REDACTED),
+            _regex_rule(_KNOWN_TOKEN, REDACTED, _KNOWN_TOKEN_NEEDLES),
             _regex_rule(_AUTH_HEADER, _auth_header, ("authorization",)),
             _regex_rule(_COOKIE_HEADER, rf"\1{REDACTED}", ("cookie",)),
             _regex_rule(_BEARER, rf"\1{REDACTED}", ("bearer",)),

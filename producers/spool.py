@@ -153,8 +153,8 @@ def _name(seq: int) -> str:
 
 def _parse(data: bytes) -> Batch:
     batch = json.loads(data)
-    if not isinstance(batch, list) or not all(isinstance(item, dict) for item in batch):
-        raise ValueError("a spooled batch must be a JSON list of objects")
+    if not isinstance(batch, list) or not all(isinstance(item, dict | str) for item in batch):
+        raise ValueError("a spooled batch must be a JSON list of envelopes (objects or JSON text)")
     return batch
 
 

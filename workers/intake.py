@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
 from ostinato.schema.identity import hash32
 from ostinato.schema.messages import Message, parse_message
@@ -23,8 +23,16 @@ from ostinato.workers.store import Store
 log = structlog.get_logger(__name__)
 
 RAW_BODY_LIMIT = 1_000_000
-INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError)
-"""The database is away or the connection broke: the whole delivery is retried later, nothing is blamed."""
+UNDEFINED_TABLE = "42P01"
+
+
+class SchemaMissingError(Exception):
+    """The database answers but has no store tables yet (a migration is pending): retry, blame nobody."""
+
+
+INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, SchemaMissingError)
+"""The database is away, its schema is not there yet, or the connection broke: the whole delivery is retried
+later and nothing is blamed."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ class Intake:
         except INFRASTRUCTURE_ERRORS:
             raise
         except Exception as error:
+            _raise_if_schema_missing(error)
             log.warning(
                 "ingest_batch_refused", error=repr(error), messages=len(valid), delivery=self.delivery_id
             )
@@ -116,6 +125,7 @@ class Intake:
             except INFRASTRUCTURE_ERRORS:
                 raise
             except Exception as error:
+                _raise_if_schema_missing(error)
                 item = Rejected(
                     -1 - index, message.model_dump(mode="json"), f"store refused the message: {error!r}"
                 )
@@ -147,6 +157,11 @@ class Intake:
             kind=message.kind if message else _kind_of(item.raw),
             task_name=self.task_name,
         )
+
+
+def _raise_if_schema_missing(error: Exception) -> None:
+    if isinstance(error, ProgrammingError) and getattr(error.orig, "sqlstate", None) == UNDEFINED_TABLE:
+        raise SchemaMissingError(str(error.orig)) from error
 
 
 def _kind_of(raw: object) -> str | None:
