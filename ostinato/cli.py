@@ -109,26 +109,57 @@ def entropy(
     console.print(table)
 
 
+DRIFT_COLUMNS = [
+    "pattern",
+    "measured",
+    "before",
+    "after",
+    "drift",
+    "direction",
+    "exceeded",
+    "conf before",
+    "conf after",
+    "belief Δ",
+    "belief H",
+    "epistemic",
+    "retired",
+]
+
+
 @app.command()
 def drift(
-    window: Annotated[int, typer.Option(help="Applications per window.")] = 5,
-    threshold: Annotated[float, typer.Option(help="Effectiveness drift threshold.")] = 0.2,
+    limit: Annotated[int, typer.Option(help="How many patterns.")] = 50,
 ) -> None:
-    """Effectiveness and epistemic drift of every pattern with enough applications."""
-    store = _store()
-    table = Table("pattern", "before", "after", "drift", "direction", "exceeded", title="effectiveness drift")
-    for d in store.get_drifting_patterns(drift_threshold=0.0, window_size=window, limit=100):
+    """Effectiveness and epistemic drift as beat last measured them (latest per pattern)."""
+    from ostinato.workers.maintenance import latest_drift
+
+    rows = latest_drift(_store(), limit)
+    if not rows:
+        every = get_settings().maintenance_drift_period
+        console.print(f"no drift measured yet: beat measures it every {every:.0f} s (ostinato beat)")
+        return
+    table = Table(*DRIFT_COLUMNS, title="drift (latest measurement per pattern)")
+    for d in rows:
         table.add_row(
-            d.pattern_name[:50],
-            f"{d.effectiveness_before:.3f}",
-            f"{d.effectiveness_after:.3f}",
-            f"{d.drift_magnitude:.3f}",
-            d.drift_direction,
-            "yes" if d.drift_magnitude / max(d.grounding_confidence_avg, 0.5) > threshold else "no",
+            (d.pattern_name or d.pattern_id)[:40],
+            d.measured_at.isoformat(timespec="seconds"),
+            _num(d.effectiveness_before),
+            _num(d.effectiveness_after),
+            _num(d.drift_magnitude),
+            d.drift_direction or "",
+            "yes" if d.threshold_exceeded else "no",
+            _num(d.confidence_before),
+            _num(d.confidence_after),
+            _num(d.belief_change),
+            _num(d.belief_entropy),
+            (d.epistemic_direction or "") + (" (exceeded)" if d.epistemic_threshold_exceeded else ""),
+            "yes" if d.retired else "",
         )
     console.print(table)
-    summary = store.get_epistemic_drift_summary()
-    console.print("epistemic drift:", summary)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 @app.command()
@@ -210,6 +241,22 @@ def worker(
     celery_app.worker_main(
         ["worker", "-Q", f"{INGEST_QUEUE},{MAINTENANCE_QUEUE}", "-c", str(concurrency), "-l", loglevel]
     )
+
+
+@app.command()
+def beat(
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    schedule: Annotated[
+        Path | None, typer.Option(help="Beat's state file (default: celerybeat-schedule here).")
+    ] = None,
+) -> None:
+    """Run Celery beat: it sends the maintenance passes to the maintenance queue, each at its period."""
+    from ostinato.workers import app as celery_app
+
+    argv = ["beat", "-l", loglevel]
+    if schedule is not None:
+        argv += ["-s", str(schedule)]
+    celery_app.start(argv)
 
 
 @app.command()

@@ -28,6 +28,35 @@ class Settings(BaseSettings):
     discovery_ttl_seconds: float = 300.0
     ingest_batch_prefetch: int = 4
 
+    # Beat maintenance (SPEC.md §6): each pass's period in seconds; it has its effect once per period.
+    maintenance_entropy_period: float = Field(default=900.0, gt=0)
+    """Short enough that a response follows soon after its cooldown ends."""
+    maintenance_budget_period: float = Field(default=3600.0, gt=0)
+    maintenance_drift_period: float = Field(default=3600.0, gt=0)
+    maintenance_trust_period: float = Field(default=300.0, gt=0)
+    """Upstream promoted after every finished job; every 5 minutes comes close."""
+    maintenance_priority_period: float = Field(default=3600.0, gt=0)
+    """Decay moves in whole days, so hourly is plenty."""
+    maintenance_expiry_period: float = Field(default=300.0, gt=0)
+    maintenance_retention_period: float = Field(default=86400.0, gt=0)
+    entropy_threshold: float = Field(default=0.3, ge=0, le=1)
+    """Diversity below this is low: the snapshot is flagged, the response fires and budgets are boosted.
+
+    The store's default (SPEC-store §2.9), not the daemon's 0.1 (§4.1 H): the budget adjustment compares
+    entropy with this same threshold, and 0.3 is the value it was designed around.
+    """
+    entropy_cooldown_seconds: float = Field(default=3600.0, ge=0)
+    entropy_response_job: str = "daemon-entropy-check"
+    """The job hash the automatic response is recorded (and cooled down) under, as upstream's daemon."""
+    budget_job_window_seconds: float = Field(default=86400.0, gt=0)
+    """Budgets are adjusted for the jobs with an execution completed this recently."""
+    drift_min_applications: int = Field(default=10, ge=1)
+    drift_window: int = Field(default=5, ge=1)
+    drift_threshold: float = Field(default=0.2, ge=0)
+    epistemic_drift_threshold: float = Field(default=0.15, ge=0)
+    retention_days: float = Field(default=30.0, gt=0)
+    """Budget, entropy, response, drift and maintenance-run history older than this is deleted."""
+
     @property
     def patterns_channel(self) -> str:
         """The Redis pub/sub channel that carries pattern discoveries."""

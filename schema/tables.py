@@ -314,4 +314,37 @@ dead_letters = Table(
     Index("idx_dead_letters_received", text("received_at DESC"), text("id DESC")),
 )
 
+maintenance_runs = Table(
+    "maintenance_runs",
+    metadata,
+    Column("task", String(100), primary_key=True),
+    Column("period_start", UTCDateTime, primary_key=True),
+    Column("ran_at", UTCDateTime, nullable=False),
+    Column("summary", Json, nullable=False, server_default=text("'{}'")),
+)
+"""One row per maintenance pass and period: the claim that makes a pass happen once, whoever sends it."""
+
+pattern_drift = Table(
+    "pattern_drift",
+    metadata,
+    Column("pattern_id", Id, primary_key=True),
+    Column("measured_at", UTCDateTime, primary_key=True),
+    Column("window_size", Integer, nullable=False),
+    Column("effectiveness_before", Float),
+    Column("effectiveness_after", Float),
+    Column("grounding_confidence_avg", Float),
+    Column("drift_magnitude", Float),
+    Column("drift_direction", String(20)),
+    Column("threshold_exceeded", Boolean, nullable=False, server_default=text("false")),
+    Column("confidence_before", Float),
+    Column("confidence_after", Float),
+    Column("belief_change", Float),
+    Column("belief_entropy", Float),
+    Column("epistemic_direction", String(20)),
+    Column("epistemic_threshold_exceeded", Boolean, nullable=False, server_default=text("false")),
+    Column("retired", Boolean, nullable=False, server_default=text("false")),
+    Index("idx_pattern_drift_measured", "measured_at"),
+)
+"""Drift measured by beat: both measures of a pattern at one time (NULL where its history is too short)."""
+
 DATA_TABLES: tuple[Table, ...] = tuple(metadata.sorted_tables)

@@ -33,14 +33,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "ostinato.maintenance.*": {"queue": MAINTENANCE_QUEUE},
         },
         "worker_hijack_root_logger": False,
-        "include": ["ostinato.workers.tasks"],
+        "include": ["ostinato.workers.tasks", "ostinato.workers.beat"],
     }
 
 
 def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
     app = Celery("ostinato")
-    app.config_from_object(celery_config(settings or get_settings()))
+    app.config_from_object(celery_config(settings))
+    app.add_defaults(lambda: {"beat_schedule": _beat_schedule(settings)})
     return app
+
+
+def _beat_schedule(settings: Settings) -> dict[str, Any]:
+    """The maintenance schedule, built when the configuration is first read (``beat`` imports this app)."""
+    from ostinato.workers.beat import beat_schedule
+
+    return beat_schedule(settings)
 
 
 app = create_app()
