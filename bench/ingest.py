@@ -147,23 +147,24 @@ def _start_producers(design: str, n: int, producers: int) -> tuple[list[Any], An
     return processes, go, results, share * producers
 
 
-def _seed_patterns(design: str, url: str) -> int:
-    """The runner hints the realistic outcomes apply; returns how many messages that took."""
+def _seed_patterns(design: str, url: str) -> None:
+    """The runner hints that the realistic outcomes apply, written straight into the store."""
     if design != "ostinato":
-        return 0
-    from ostinato.producers import Client
+        return
+    from ostinato.workers.store import Store
 
-    with Client("bench-setup", "/srv/bench") as setup:
-        for k in range(4):
-            setup.report_pattern("semantic_insight", f"hint {k}", "a runner's hint")
-    return 4
+    store = Store.from_url(url)
+    for k in range(4):
+        store.record_pattern("semantic_insight", f"hint {k}", "a runner's hint")
+    store.engine.dispose()
 
 
 def _drain(design: str, n: int, producers: int, concurrency: int) -> float:
     app_name, queue, table = DESIGNS[design]
     with isolated_environment(design) as env:
         url = env["OSTINATO_DATABASE_URL"]
-        baseline = _seed_patterns(design, url)
+        _seed_patterns(design, url)
+        baseline = 0
         processes, go, results, total = _start_producers(design, n, producers)
         go.set()
         for _ in processes:
@@ -171,7 +172,7 @@ def _drain(design: str, n: int, producers: int, concurrency: int) -> float:
         for process in processes:
             process.join(60)
         with worker_process(env, app_name, queue, concurrency):
-            wait_until(lambda: count(url, table) > baseline + 4, interval=0.01)
+            wait_until(lambda: count(url, table) > 0, interval=0.01)
             first_time, first_count = time.monotonic(), count(url, table)
             done = wait_until(lambda: count(url, table) == baseline + total, interval=0.1)
         _CONNECTIONS.pop(url).close()
@@ -183,8 +184,8 @@ def _end_to_end(design: str, n: int, producers: int, concurrency: int) -> dict[s
     with isolated_environment(design) as env:
         url = env["OSTINATO_DATABASE_URL"]
         with worker_process(env, app_name, queue, concurrency):
-            baseline = _seed_patterns(design, url)
-            wait_until(lambda: count(url, table) == baseline, timeout=120)
+            _seed_patterns(design, url)
+            baseline = 0
             processes, go, results, total = _start_producers(design, n, producers)
             start = time.monotonic()
             go.set()

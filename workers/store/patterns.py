@@ -65,6 +65,12 @@ class ApplicationInput:
     id: str = field(default_factory=new_id)
 
 
+def log_unknown(event: str, missing: set[str]) -> None:
+    """One log line per call for the pattern ids that do not exist (a batch can name many)."""
+    if missing:
+        log.info(event, reason="pattern_not_found", count=len(missing), pattern_ids=sorted(missing)[:10])
+
+
 class PatternsMixin(StoreBase):
     """Pattern rows: create, merge, apply, score and query."""
 
@@ -221,8 +227,7 @@ class PatternsMixin(StoreBase):
         for application in applications:
             by_pattern[application.pattern_id].append(application)
         known = set(self.lock_patterns(by_pattern))
-        for missing in sorted(set(by_pattern) - known):
-            log.info("pattern_application_skipped", reason="pattern_not_found", pattern_id=missing)
+        log_unknown("pattern_application_skipped", set(by_pattern) - known)
         rows = [
             {
                 "id": a.id,

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from ostinato.schema.records import PatternRecord, SuccessFactors
 from ostinato.schema.tables import patterns
 from ostinato.workers.store.base import transactional
-from ostinato.workers.store.patterns import PatternsMixin
+from ostinato.workers.store.patterns import PatternsMixin, log_unknown
 
 log = structlog.get_logger(__name__)
 
@@ -211,8 +211,7 @@ class SuccessFactorsMixin(PatternsMixin):
         for seen in observations:
             by_pattern[seen.pattern_id].append(seen)
         known = self.lock_patterns(by_pattern)
-        for missing in sorted(set(by_pattern) - set(known)):
-            log.info("update_success_factors_skipped", reason="pattern_not_found", pattern_id=missing)
+        log_unknown("update_success_factors_skipped", set(by_pattern) - set(known))
         if not known:
             return {}
         rows = self.conn.execute(
