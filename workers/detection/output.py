@@ -128,6 +128,7 @@ OUTPUT_MATCHERS: tuple[Matcher, ...] = (
     ),
 )
 """In the order hits on one line are reported."""
+_NEEDLES = frozenset(needle for m in OUTPUT_MATCHERS for needle in m.needles)
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,13 @@ def extract_output_patterns(text: str) -> list[OutputHit]:
     if not text or not text.strip():
         return []
     lowered = text.lower()
+    present = {needle for needle in _NEEDLES if needle in lowered}
+    if not present:
+        return []
     found = [
         (m, match)
         for m in OUTPUT_MATCHERS
-        if any(needle in lowered for needle in m.needles)
+        if not present.isdisjoint(m.needles)
         for match in m.pattern.finditer(text)
     ]
     if not found:

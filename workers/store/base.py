@@ -20,10 +20,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import structlog
 from sqlalchemy import (
-    JSON,
-    Column,
     Connection,
-    Dialect,
     Engine,
     Table,
     create_engine,
@@ -165,9 +162,9 @@ class StoreBase:
     ) -> list[Any]:
         """Insert many rows, skipping conflicts on ``conflict``; returns ``returning`` of the new rows.
 
-        On PostgreSQL the rows travel as one array per column through ``unnest``: a short statement with a
-        handful of parameters, instead of a multi-row VALUES with thousands that the driver re-parses every
-        time. Elsewhere it is an ordinary multi-row INSERT.
+        On PostgreSQL the rows travel as one JSON document expanded by ``jsonb_to_recordset``: a short
+        statement with one parameter, serialised by the C JSON encoder, instead of a multi-row VALUES with
+        thousands of parameters that the driver re-parses every time. Elsewhere it is a multi-row INSERT.
         """
         if not rows:
             return []
@@ -180,17 +177,20 @@ class StoreBase:
                 return []
             return list(self.conn.execute(statement.returning(table.c[returning]), list(rows)).scalars())
         columns = list(rows[0])
-        arrays = {name: _column_array(table.c[name], [row[name] for row in rows]) for name in columns}
-        casts = ", ".join(
-            f"%({name})s::{_array_type(table.c[name], self.engine.dialect)}" for name in columns
+        shape = ", ".join(
+            f"{name} {table.c[name].type.compile(dialect=self.engine.dialect)}" for name in columns
         )
-        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({casts})"
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(columns)}) "
+            f"SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r({shape})"
+        )
         if conflict:
             sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+        document = {"rows": json.dumps(rows, default=_json_scalar)}
         if returning is None:
-            self.conn.exec_driver_sql(sql, arrays)
+            self.conn.exec_driver_sql(sql, document)
             return []
-        return [row[0] for row in self.conn.exec_driver_sql(f"{sql} RETURNING {returning}", arrays)]
+        return [row[0] for row in self.conn.exec_driver_sql(f"{sql} RETURNING {returning}", document)]
 
     def later(self, column: Any, value: datetime) -> ColumnElement[Any]:
         """The later of a stored time and an incoming one, so out-of-order messages never move it back."""
@@ -199,15 +199,9 @@ class StoreBase:
         return getattr(func, name)(column, incoming, type_=UTCDateTime())  # type: ignore[no-any-return]
 
 
-def _array_type(column: Column[Any], dialect: Dialect) -> str:
-    return f"{column.type.compile(dialect=dialect)}[]"
-
-
-def _column_array(column: Column[Any], values: list[Any]) -> list[Any]:
-    """What psycopg should see for a column: JSON columns as text (the statement casts them to jsonb)."""
-    if isinstance(column.type, JSON):
-        return [None if value is None else json.dumps(value) for value in values]
-    return values
+def _json_scalar(value: object) -> str:
+    """Times as ISO 8601 (which PostgreSQL reads as timestamptz); other values by their text form."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def transactional(method: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], T]:
