@@ -113,9 +113,9 @@ def _apply(store: Store, messages: Sequence[Message], detector: Detector | None,
         sightings.extend(detector(store, outcomes))
     applications = [a for m in outcomes for a in _outcome_applications(m)]
     applications += [_application(m) for m in batch.applications]
-    combined = _combine(sightings, fresh)
-    store.lock_patterns([s.id for s, _ in combined] + [a.pattern_id for a in applications])
-    for sighting, source_job_hash in combined:
+    combined = _combine(sightings)
+    store.lock_patterns([s.id for s in combined] + [a.pattern_id for a in applications])
+    for sighting in combined:
         result = store.upsert_pattern(sighting)
         if result.created:
             report.discoveries.append(
@@ -123,7 +123,7 @@ def _apply(store: Store, messages: Sequence[Message], detector: Detector | None,
                     result.id,
                     sighting.pattern_name,
                     sighting.pattern_type,
-                    source_job_hash,
+                    sighting.provenance_job_hash or "",
                     effectiveness_score=1.0,
                     context_tags=sighting.context_tags,
                     ttl_seconds=ttl,
@@ -259,14 +259,14 @@ def _sighting(message: PatternReportMessage) -> PatternSighting:
     )
 
 
-def _combine(
-    sightings: Iterable[PatternSighting], fresh: Sequence[Message]
-) -> list[tuple[PatternSighting, str]]:
-    """One sighting per pattern id, in id order: counts add up, the latest non-empty values win."""
+def _combine(sightings: Iterable[PatternSighting]) -> list[PatternSighting]:
+    """One sighting per pattern id, in id order: counts add up, the latest non-empty values win.
+
+    The first sighting's provenance is kept: it is the job the pattern's discovery is credited to.
+    """
     groups: dict[str, list[PatternSighting]] = defaultdict(list)
     for s in sightings:
         groups[s.id].append(s)
-    default_source = fresh[0].job_hash if fresh else "0" * 16
     combined = []
     for pid in sorted(groups):
         group = sorted(groups[pid], key=lambda s: s.seen_at)
@@ -284,7 +284,7 @@ def _combine(
             instrument_name=_latest([s.instrument_name for s in group]),
             count=sum(s.count for s in group),
         )
-        combined.append((merged, first.provenance_job_hash or default_source))
+        combined.append(merged)
     return combined
 
 

@@ -194,9 +194,16 @@ class StoreBase:
 
     def later(self, column: Any, value: datetime) -> ColumnElement[Any]:
         """The later of a stored time and an incoming one, so out-of-order messages never move it back."""
-        name = "greatest" if self.dialect == "postgresql" else "max"
+        return self._pick("greatest" if self.dialect == "postgresql" else "max", column, value)
+
+    def earlier(self, column: Any, value: datetime) -> ColumnElement[Any]:
+        """The earlier of a stored time and an incoming one (first sightings)."""
+        return self._pick("least" if self.dialect == "postgresql" else "min", column, value)
+
+    @staticmethod
+    def _pick(function: str, column: Any, value: datetime) -> ColumnElement[Any]:
         incoming = literal(value, UTCDateTime())
-        return getattr(func, name)(column, incoming, type_=UTCDateTime())  # type: ignore[no-any-return]
+        return getattr(func, function)(column, incoming, type_=UTCDateTime())  # type: ignore[no-any-return]
 
 
 def _json_scalar(value: object) -> str:

@@ -15,7 +15,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ostinato.schema.identity import content_hash, pattern_id
 from ostinato.schema.records import PatternRecord, QuarantineStatus
-from ostinato.schema.tables import UTCDateTime, pattern_applications, patterns
+from ostinato.schema.tables import pattern_applications, patterns
 from ostinato.workers.store import formulas
 from ostinato.workers.store.base import StoreBase, new_id, transactional
 
@@ -73,10 +73,6 @@ def log_unknown(event: str, missing: set[str]) -> None:
 
 class PatternsMixin(StoreBase):
     """Pattern rows: create, merge, apply, score and query."""
-
-    def earlier(self, col: Any, value: datetime) -> ColumnElement[Any]:
-        name = "least" if self.dialect == "postgresql" else "min"
-        return getattr(func, name)(col, literal(value, UTCDateTime()), type_=UTCDateTime())  # type: ignore[no-any-return]
 
     def insert(self, table: Any) -> Any:
         """The dialect's INSERT, which knows ``ON CONFLICT``."""
