@@ -235,7 +235,7 @@ class Sender:
         if not batch:
             return
         if len(self.spool) == 0 and self._publish(batch):
-            self._settle(published=batch)
+            self._settle(published=len(batch))
         else:
             self._spool_batch(batch)
 
@@ -305,7 +305,7 @@ class Sender:
         with self._overflow_lock:
             if self._closed:
                 if self.spool.closed:
-                    self._settle(dropped=[{}], reason="sender_closed")
+                    self._settle(dropped=1, reason="sender_closed")
                 else:
                     self._spool_batch(self._prepare([envelope]))
                 return
@@ -330,12 +330,12 @@ class Sender:
         try:
             self.spool.append(batch)
         except SpoolFull:
-            self._settle(dropped=batch, reason="spool_full")
+            self._settle(dropped=len(batch), reason="spool_full")
         except Exception:
             log.exception("spool_write_failed", spool=str(self.spool.path))
-            self._settle(dropped=batch, reason="spool_error")
+            self._settle(dropped=len(batch), reason="spool_error")
         else:
-            self._settle(spooled=batch)
+            self._settle(spooled=len(batch))
 
     def _spool_remaining(self) -> None:
         """On stop, what is still in memory goes to disk, for the next Sender on this spool to resend."""
@@ -363,7 +363,7 @@ class Sender:
         if skipped:
             self._settle(skipped=skipped)
         if failed:
-            self._settle(dropped=[{}] * failed, reason="preparation_failed")
+            self._settle(dropped=failed, reason="preparation_failed")
         return self._json_only(batch)
 
     def _json_only(self, batch: Batch) -> Batch:
@@ -373,30 +373,28 @@ class Sender:
         except Exception:
             good = [envelope for envelope in batch if _encodable(envelope)]
             bad = [envelope for envelope in batch if not _encodable(envelope)]
-            self._settle(dropped=bad, reason="not_json")
+            self._settle(dropped=len(bad), reason="not_json")
             return good
         return batch
 
     def _settle(
         self,
         *,
-        published: Batch | None = None,
-        spooled: Batch | None = None,
-        dropped: Batch | None = None,
+        published: int = 0,
+        spooled: int = 0,
+        dropped: int = 0,
         skipped: int = 0,
         reason: str = "",
     ) -> None:
         """Count envelopes that left memory and wake ``flush``; a drop is always logged as an error."""
+        counts = {"published": published, "spooled": spooled, "dropped": dropped, "skipped": skipped}
         with self._state:
-            self._stats["skipped"] += skipped
-            self._in_memory -= skipped
-            for name, batch in (("published", published), ("spooled", spooled), ("dropped", dropped)):
-                if batch:
-                    self._stats[name] += len(batch)
-                    self._in_memory -= len(batch)
+            for name, count in counts.items():
+                self._stats[name] += count
+                self._in_memory -= count
             self._state.notify_all()
         if dropped:
-            log.error("envelopes_dropped", count=len(dropped), reason=reason, spool=str(self.spool.path))
+            log.error("envelopes_dropped", count=dropped, reason=reason, spool=str(self.spool.path))
 
     def _reset_connection(self) -> None:
         """Forget the connection after a failure, so the next publish starts clean."""
