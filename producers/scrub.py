@@ -15,7 +15,9 @@ changes nothing.
 Speed: CPython's regex engine only skips ahead quickly when a pattern starts with a literal or a plain
 character class, so the patterns start with one and check the character before the match with a
 lookbehind placed after it (``x(?<![A-Za-z0-9]x)``) rather than a leading lookbehind. Rules are skipped
-outright when a literal they need is absent, and addresses are found from their rarer ``.``/``:``.
+outright when a literal they need is absent (all literals are looked for in one pass), long-token rules
+when the text has no run of characters long enough, and addresses are found from their rarer ``.``/``:``.
+Replacements are literal wherever possible, so ``re.sub`` never calls back into Python.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel
 
+from ostinato.needles import NeedleSet
 from ostinato.schema.messages import TAIL_LIMIT
 
 __all__ = [
@@ -169,10 +172,72 @@ _LONG_HEX = re.compile(r"(?<![A-Za-z0-9])(?:0x)?[0-9A-Fa-f]{32,}(?![A-Za-z0-9])"
 _BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{40,}={0,2}(?![A-Za-z0-9+/_=-])")
 MEMO_LENGTH = 512
 """Strings up to this length are scrubbed once per scrubber and then remembered (up to 4,096 of them)."""
-_LONG_WORD = 32
-_LONG_TOKEN = re.compile(rf"\S{{{_LONG_WORD},}}")
-"""Neither long-secret rule can match inside a whitespace-separated word shorter than this, so only longer
-words are searched: a scan of the whole text for runs of word characters costs more than all other rules."""
+
+
+def _run_map(members: str) -> bytes:
+    """A ``bytes.translate`` table: ``members`` become ``r``, every other byte a space."""
+    return bytes(ord("r") if chr(byte) in members else ord(" ") for byte in range(256))
+
+
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_TOKEN_RUNS = _run_map(_ALNUM + "_-")
+_HEX_RUNS = _run_map(_ALNUM)
+_BASE64_RUNS = _run_map(_ALNUM + "+/_=-")
+_MIN_TOKEN_RUN = 15
+"""The shortest ``[A-Za-z0-9_-]`` run any provider key needs (``xoxb-`` and ten more); JWTs start ``eyJ``."""
+_MIN_HEX_RUN = 32
+_MIN_BASE64_RUN = 40
+_END_OF_RUN = re.compile(rb"[^r]")
+
+
+def _runs(text: str, table: bytes) -> bytes:
+    """``text`` as one byte per character, ``r`` where the character is in the table's class.
+
+    Searching this for ``r`` * n finds the runs a long-token rule needs in C, instead of a regex trying a
+    repeated class at every position; non-ASCII characters become ``?`` first, so offsets stay the same.
+    """
+    return text.encode("ascii", "replace").translate(table)
+
+
+def _may_hold_known_token(text: str) -> bool:
+    return "eyJ" in text or b"r" * _MIN_TOKEN_RUN in _runs(text, _TOKEN_RUNS)
+
+
+def _sub_in_runs(
+    text: str, table: bytes, shortest: int, pattern: re.Pattern[str], replacement: Replacement
+) -> str:
+    """``pattern.sub`` applied inside the runs of the table's class at least ``shortest`` long.
+
+    For a pattern whose matches lie inside such runs and whose lookarounds stop at their ends, this is
+    ``pattern.sub`` on the whole text, without the regex scanning the rest of it.
+    """
+    runs = _runs(text, table)
+    needle = b"r" * shortest
+    start = runs.find(needle)
+    if start < 0:
+        return text
+    pieces: list[str] = []
+    last = 0
+    while start >= 0:
+        end_match = _END_OF_RUN.search(runs, start + shortest)
+        end = end_match.start() if end_match else len(text)
+        run = text[start:end]
+        scrubbed = pattern.sub(replacement, run)
+        if scrubbed != run:
+            pieces += (text[last:start], scrubbed)
+            last = end
+        start = runs.find(needle, end)
+    if not pieces:
+        return text
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
+def _long_secrets(text: str) -> str:
+    """Long hex runs, then random-looking base64 runs (hex first, so a hex key is not judged as base64)."""
+    text = _sub_in_runs(text, _HEX_RUNS, _MIN_HEX_RUN, _LONG_HEX, REDACTED)
+    return _sub_in_runs(text, _BASE64_RUNS, _MIN_BASE64_RUN, _BASE64_RUN, _base64)
+
 
 # --- addresses ----------------------------------------------------------------------------------------
 
@@ -203,7 +268,15 @@ _WINDOWS_PATH = re.compile(r"(?<![\w\\/])(?:[A-Za-z]:\\+|\\\\)(?:[^\\/\s:*?\"<>|
 # An absolute path: "/" not preceded by a path character, so relative paths, URL paths ("host/v1/x"),
 # "~/…", "and/or", "HTTP/1.1" and our own "<path>/x" are left as they are; "file:///x/y" is a path.
 # Trade-off: API routes in logs ("GET /v1/users/42") are collapsed too ("GET <path>/42").
-_POSIX_PATH = re.compile(r"/(?:(?<=file:///)|(?<![\w.~/\\@%+-]/)(?<!<path>/))(?:[\w.@%+=-]+/)*[\w.@%+=-]+/?")
+_PATH_START = r"/(?:(?<=file:///)|(?<![\w.~/\\@%+-]/)(?<!<path>/))"
+_SEGMENT = r"[\w.@%+=-]++"
+_HOME = rf"(?i:home|users)/{_SEGMENT}(?!/[\w.@%+=-])"
+# Paths keep their last part: the directories before it are replaced, "/a/b/c/" → "<path>/c/". A literal
+# replacement keeps the substitution in C. One-level paths ("/tmp") do not match and stay.
+_PATH_DIRECTORIES = re.compile(rf"{_PATH_START}(?!{_HOME})(?:{_SEGMENT}/)+(?=[\w.@%+=-])")
+# A home directory alone ("/home/bob", "/Users/bob/") becomes ``<path>``, so no user name is left. It runs
+# after the rule above, which leaves bare homes alone and removes most other "/home/".
+_BARE_HOME = re.compile(rf"{_PATH_START}{_HOME}/?")
 _HOME_PARENTS = frozenset({"home", "users"})
 
 # --- environment --------------------------------------------------------------------------------------
@@ -290,26 +363,20 @@ class _Rule:
     apply: Callable[[str], str]
     needles: tuple[str, ...] = ()
     """Lower-case strings of which one must occur for the rule to possibly match; () means always run."""
+    gate: Callable[[str], bool] | None = None
+    """A further test, after the needles and cheaper than the rule, that the text could hold a match."""
 
 
-def _regex_rule(pattern: re.Pattern[str], replacement: Replacement, needles: tuple[str, ...] = ()) -> _Rule:
+def _regex_rule(
+    pattern: re.Pattern[str],
+    replacement: Replacement,
+    needles: tuple[str, ...] = (),
+    gate: Callable[[str], bool] | None = None,
+) -> _Rule:
     def apply(text: str) -> str:
         return pattern.sub(replacement, text)
 
-    return _Rule(apply, needles)
-
-
-def _long_secrets(text: str) -> str:
-    """Long hex and random-looking base64 runs, searched in long words only (see ``_LONG_WORD``).
-
-    Longest word first, so a word is rewritten whole before a shorter word it contains is looked at.
-    """
-    words = sorted({match.group() for match in _LONG_TOKEN.finditer(text)}, key=len, reverse=True)
-    for word in words:
-        scrubbed = _BASE64_RUN.sub(_base64, _LONG_HEX.sub(REDACTED, word))
-        if scrubbed != word:
-            text = text.replace(word, scrubbed)
-    return text
+    return _Rule(apply, needles, gate)
 
 
 def _base64(match: re.Match[str]) -> str:
@@ -439,20 +506,6 @@ def _windows_path(match: re.Match[str]) -> str:
     return f"{PATH}\\{parts[-1]}" if parts else PATH
 
 
-def _posix_path(match: re.Match[str]) -> str:
-    """``<path>/basename``: the file name says what failed, the directories say whose disk it was.
-
-    One-level paths ("/tmp") stay; a bare home ("/home/bob") becomes ``<path>`` so no user name is left.
-    """
-    path = match.group(0)
-    parts = [part for part in path.split("/") if part]
-    if len(parts) < 2:
-        return path
-    if len(parts) == 2 and parts[0].lower() in _HOME_PARENTS:
-        return PATH
-    return f"{PATH}/{parts[-1]}{'/' if path.endswith('/') else ''}"
-
-
 def _keep_key(match: re.Match[str]) -> str:
     """Keep the separator and the value's quotes; the key is before the match and stays too."""
     head = match.group(0)[0] + match.group(1)
@@ -512,7 +565,7 @@ class Scrubber:
             _regex_rule(_PRIVATE_KEY, REDACTED, ("private key",)),
             _Rule(self._environment),
             _regex_rule(_URL_CREDENTIALS, f"://{REDACTED}@", ("://",)),
-            _regex_rule(_KNOWN_TOKEN, REDACTED, _KNOWN_TOKEN_NEEDLES),
+            _regex_rule(_KNOWN_TOKEN, REDACTED, _KNOWN_TOKEN_NEEDLES, _may_hold_known_token),
             _regex_rule(_AUTH_HEADER, _auth_header, ("authorization",)),
             _regex_rule(_COOKIE_HEADER, rf"\1{REDACTED}", ("cookie",)),
             _regex_rule(_BEARER, rf"\1{REDACTED}", ("bearer",)),
@@ -542,11 +595,13 @@ class Scrubber:
             home_pattern = re.compile(rf"(?:{variants})(?![\w.-])")
             rules.append(_regex_rule(home_pattern, "~", tuple(h.lower() for h in homes)))
         rules.append(_regex_rule(_WINDOWS_PATH, _windows_path, (":\\", "\\\\")))
-        rules.append(_regex_rule(_POSIX_PATH, _posix_path, ("/",)))
+        rules.append(_regex_rule(_PATH_DIRECTORIES, f"{PATH}/", ("/",)))
+        rules.append(_regex_rule(_BARE_HOME, PATH, ("/home/", "/users/")))
         if private_user:
             user_pattern = re.compile(rf"(?i){_prefixed(private_user, '', 'A-Za-z0-9')}(?![A-Za-z0-9])")
             rules.append(_regex_rule(user_pattern, USER, (private_user.lower(),)))
         self._rules: tuple[_Rule, ...] = tuple(rules)
+        self._needles = NeedleSet(needle for rule in rules for needle in rule.needles)
 
     def add_rule(self, pattern: str | re.Pattern[str], replacement: str) -> None:
         """Add a runner-specific rule; runner rules run first, on the raw text, in the order added.
@@ -572,18 +627,22 @@ class Scrubber:
     def _scrub(self, value: str) -> str:
         for rule in self._extra:
             value = rule.apply(value)
-        # Rules only remove text or insert tokens, so a needle missing from an older lower-cased copy is
-        # missing now; a needle found there is checked again on a fresh copy before the rule runs.
+        # Rules only remove text or insert tokens, so a needle missing from the text as it came is missing
+        # now; a needle found there is looked for again in the current text before its rule runs.
         lowered = value.lower()
+        found = self._needles.found(lowered)
         stale = False
         for rule in self._rules:
             if rule.needles:
-                if not any(needle in lowered for needle in rule.needles):
+                wanted = found.intersection(rule.needles)
+                if not wanted:
                     continue
                 if stale:
                     lowered, stale = value.lower(), False
-                    if not any(needle in lowered for needle in rule.needles):
+                    if not any(needle in lowered for needle in wanted):
                         continue
+            if rule.gate is not None and not rule.gate(value):
+                continue
             scrubbed = rule.apply(value)
             if scrubbed != value:
                 value, stale = scrubbed, True

@@ -16,6 +16,7 @@ from uuid import UUID
 import pytest
 from pydantic import BaseModel
 
+from ostinato.needles import NeedleSet
 from ostinato.producers.scrub import EMAIL, HOST, IP, PATH, REDACTED, USER, Scrubber, tail
 from ostinato.schema.messages import (
     TAIL_LIMIT,
@@ -517,6 +518,16 @@ RULE_CASES = [
     (r"C:\Users\bob\AppData\x.txt and \\server\share\dir\f.txt", r"<path>\x.txt and <path>\f.txt"),
     (r"C:\Users\bob", PATH),
     ("D:/data/proj/out.csv", "D:<path>/out.csv"),
+    (
+        "/a/b/c/ and /a/b/c and /home/bob/ and /HOME/bob/x and /tmp/",
+        "<path>/c/ and <path>/c and <path> and <path>/x and /tmp/",
+    ),
+    # long-token rules find their runs by offset, which non-ASCII text before them must not shift
+    (
+        "héllo wörld — key 0123456789abcdef0123456789abcdef · ghp_abcdefghijklmnopqrstuvwxyz0123 ✓",
+        f"héllo wörld — key {REDACTED} · {REDACTED} ✓",
+    ),
+    ("🚀 " * 20 + "aGVsbG8gV29ybGQhIFRoaXMgaXMgcmFuZG9tIGRhdGEgZm9yIHRlc3RzIQ==", "🚀 " * 20 + REDACTED),
     ("Alice and alice_data and ALICE-dev", "<user> and <user>_data and <user>-dev"),
     # runner rules see the raw text first
     ("ticket ACME-1234 on alice-laptop", "ticket <ticket> on <host>"),
@@ -621,3 +632,11 @@ def test_add_rule(scrubber: Scrubber) -> None:
     custom.add_rule(re.compile(r"#\d+"), "<order>")
     assert custom.text("order 12345-XY") == "order <order>"
     assert scrubber.text("order 12345-XY") == "order 12345-XY"
+
+
+def test_needle_set_finds_exactly_the_literals_present() -> None:
+    needles = NeedleSet(["sk-", "://", "a.b", "\\\\", "é", ""])
+    assert needles.found("task-x at http://h a.b é \\\\ end") == {"sk-", "://", "a.b", "é", "\\\\"}
+    assert needles.found("axb nothing") == frozenset()
+    assert needles.found("") == frozenset()
+    assert NeedleSet([]).found("anything") == frozenset()

@@ -63,24 +63,14 @@ def _add_to_totals(
         {"job_hash": job, "key": key, "count": d.count, "extra": d.extra, "label": d.label}
         for (job, key), d in sorted(deltas.items())
     ]
-    statement = store.insert(detection_evidence).values(rows)
-    statement = statement.on_conflict_do_update(
-        index_elements=["job_hash", "key"],
-        set_={
-            "count": detection_evidence.c.count + statement.excluded.count,
-            "extra": detection_evidence.c.extra + statement.excluded.extra,
-        },
-    ).returning(
-        detection_evidence.c.job_hash,
-        detection_evidence.c.key,
-        detection_evidence.c.count,
-        detection_evidence.c.extra,
-        detection_evidence.c.label,
+    totals = store.insert_rows(
+        detection_evidence,
+        rows,
+        returning=("job_hash", "key", "count", "extra", "label"),
+        conflict=("job_hash", "key"),
+        add_on_conflict=("count", "extra"),
     )
-    return {
-        (job, key): (int(count), float(extra), str(label))
-        for job, key, count, extra, label in store.conn.execute(statement)
-    }
+    return {(job, key): (int(count), float(extra), str(label)) for job, key, count, extra, label in totals}
 
 
 def detect_sightings(store: Store, outcomes: Sequence[SheetOutcomeMessage]) -> list[PatternSighting]:
