@@ -52,16 +52,69 @@ def isolated_environment(name: str) -> Iterator[dict[str, str]]:
             client.delete(key)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 when it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
+            found += _descendants(int(child))
+    return found
+
+
+def _named(name: str) -> list[int]:
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == name:
+                pids.append(int(comm.parent.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds spent by the worker process tree, PostgreSQL and Redis between ``start`` and ``stop``."""
+
+    def __init__(self, worker_pid: int) -> None:
+        self._groups: dict[str, Callable[[], list[int]]] = {
+            "workers": lambda: _descendants(worker_pid),
+            "postgres": lambda: _named("postgres"),
+            "redis": lambda: _named("redis-server"),
+        }
+        self._start: dict[int, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._start = {pid: _cpu_seconds(pid) for pids in self._groups.values() for pid in pids()}
+
+    def stop(self) -> dict[str, float]:
+        for group, pids in self._groups.items():
+            self.seconds[group] = sum(_cpu_seconds(pid) - self._start.get(pid, 0.0) for pid in pids())
+        return self.seconds
+
+
 @contextmanager
-def worker_process(env: dict[str, str], app: str, queue: str, concurrency: int) -> Iterator[None]:
-    """A real ``celery worker`` subprocess, killed with its pool at the end."""
+def worker_process(env: dict[str, str], app: str, queue: str, concurrency: int) -> Iterator[CpuMeter]:
+    """A real ``celery worker`` subprocess, killed with its pool at the end; yields its CPU meter."""
     command = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-c", str(concurrency)]
     loglevel = os.environ.get("OSTINATO_BENCH_LOGLEVEL", "WARNING")
     command += ["-P", "prefork", "-l", loglevel, "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]
     env = {**env, "PYTHONPATH": str(ROOT / "bench")}
     process = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)
     try:
-        yield
+        yield CpuMeter(process.pid)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

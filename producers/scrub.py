@@ -168,6 +168,7 @@ _ASSIGNMENT_NEEDLES = ("password", "passwd", "passphrase", "pwd", "secret", "tok
 _CLI_FLAG = re.compile(
     r"-(?<![A-Za-z0-9-]-)(-?[A-Za-z0-9-]*(?i:password|passwd|token|secret|api-key|apikey)\s+)(?![-<])[^\s\"']+"
 )
+_CLI_FLAG_NEEDLES = ("password", "passwd", "token", "secret", "api-key", "apikey")
 _LONG_HEX = re.compile(r"(?<![A-Za-z0-9])(?:0x)?[0-9A-Fa-f]{32,}(?![A-Za-z0-9])")
 _BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{40,}={0,2}(?![A-Za-z0-9+/_=-])")
 MEMO_LENGTH = 512
@@ -258,6 +259,7 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 # Names under private top-level domains (AWS ``ip-10-0-0-5.ec2.internal``, ``db1.prod.corp``). Lower case
 # only and at least three labels, or a digit or hyphen in one, so ``threading.local`` is code, not a host.
 _INTERNAL_TLD = re.compile(r"\.(?:internal|intranet|localdomain|corp|lan|local)(?![\w-]|\.[A-Za-z0-9])")
+_INTERNAL_TLD_NEEDLES = (".internal", ".intranet", ".localdomain", ".corp", ".lan", ".local")
 _LOWER_LABEL = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 _ANY_LABEL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ") | _LOWER_LABEL
 
@@ -270,13 +272,16 @@ _WINDOWS_PATH = re.compile(r"(?<![\w\\/])(?:[A-Za-z]:\\+|\\\\)(?:[^\\/\s:*?\"<>|
 # Trade-off: API routes in logs ("GET /v1/users/42") are collapsed too ("GET <path>/42").
 _PATH_START = r"/(?:(?<=file:///)|(?<![\w.~/\\@%+-]/)(?<!<path>/))"
 _SEGMENT = r"[\w.@%+=-]++"
-_HOME = rf"(?i:home|users)/{_SEGMENT}(?!/[\w.@%+=-])"
+_SEGMENT_CHAR = r"[\w.@%+=-]"
 # Paths keep their last part: the directories before it are replaced, "/a/b/c/" → "<path>/c/". A literal
-# replacement keeps the substitution in C. One-level paths ("/tmp") do not match and stay.
-_PATH_DIRECTORIES = re.compile(rf"{_PATH_START}(?!{_HOME})(?:{_SEGMENT}/)+(?=[\w.@%+=-])")
+# replacement keeps the substitution in C. One-level paths ("/tmp") do not match and stay; neither does a
+# home directory alone ("/home/bob"), which the next rule removes whole.
+_PATH_DIRECTORIES = re.compile(
+    rf"{_PATH_START}(?:(?:{_SEGMENT}/){{2,}}|(?!(?i:home|users)/){_SEGMENT}/)(?={_SEGMENT_CHAR})"
+)
 # A home directory alone ("/home/bob", "/Users/bob/") becomes ``<path>``, so no user name is left. It runs
-# after the rule above, which leaves bare homes alone and removes most other "/home/".
-_BARE_HOME = re.compile(rf"{_PATH_START}{_HOME}/?")
+# after the rule above, which removes most other "/home/".
+_BARE_HOME = re.compile(rf"{_PATH_START}(?i:home|users)/{_SEGMENT}(?!/{_SEGMENT_CHAR})/?")
 _HOME_PARENTS = frozenset({"home", "users"})
 
 # --- environment --------------------------------------------------------------------------------------
@@ -570,7 +575,7 @@ class Scrubber:
             _regex_rule(_COOKIE_HEADER, rf"\1{REDACTED}", ("cookie",)),
             _regex_rule(_BEARER, rf"\1{REDACTED}", ("bearer",)),
             _regex_rule(_ASSIGNMENT, _keep_key, _ASSIGNMENT_NEEDLES),
-            _regex_rule(_CLI_FLAG, rf"-\1{REDACTED}"),
+            _regex_rule(_CLI_FLAG, rf"-\1{REDACTED}", _CLI_FLAG_NEEDLES),
             _Rule(_long_secrets),
             _Rule(_back_rule(_EMAIL_DOMAIN, _EMAIL_LOCAL, 256, _email), ("@",)),
             _Rule(_back_rule(_IPV6_REST, _HEX_DIGITS, 4, _ipv6), (":",)),
@@ -589,7 +594,8 @@ class Scrubber:
                 in_domain = re.compile(rf"(?i)(?:{suffixes})(?![\w-]|\.[A-Za-z0-9])")
                 members = _back_rule(in_domain, _ANY_LABEL, 253, _domain_member)
                 rules.append(_Rule(members, tuple(d.lower() for d in domains)))
-        rules.append(_Rule(_back_rule(_INTERNAL_TLD, _LOWER_LABEL, 253, _internal_host)))
+        internal = _back_rule(_INTERNAL_TLD, _LOWER_LABEL, 253, _internal_host)
+        rules.append(_Rule(internal, _INTERNAL_TLD_NEEDLES))
         if homes:
             variants = "|".join(_prefixed(h, "", r"\w./~-") for h in _longest_first(homes))
             home_pattern = re.compile(rf"(?:{variants})(?![\w.-])")

@@ -92,13 +92,22 @@ def queue_key(key_prefix: str) -> str:
     return f"{key_prefix}{INGEST_QUEUE}"
 
 
+def task_arguments(message: dict[str, Any]) -> list[Any]:
+    """A kombu message's Celery arguments, its body decoded as the message says (the producer sends JSON
+    text as it is; kombu's default is base64)."""
+    body = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args, _kwargs, _embed = json.loads(body)
+    return list(args)
+
+
 def queued_messages(client: redis.Redis, key_prefix: str) -> list[TaskMessage]:
     """The Celery messages waiting in the ingest queue, oldest first (kombu LPUSHes, workers BRPOP)."""
     raw: list[bytes] = client.lrange(queue_key(key_prefix), 0, -1)  # type: ignore[assignment]
     messages = []
     for item in reversed(raw):
         message = json.loads(item)
-        assert message["properties"]["body_encoding"] == "base64"
-        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        args = task_arguments(message)
         messages.append(TaskMessage(message["headers"]["task"], message["content-type"], args))
     return messages

@@ -8,7 +8,6 @@ the two ways the broker layer still loses work; the tests above them keep clear 
 
 from __future__ import annotations
 
-import base64
 import gc
 import json
 import os
@@ -24,7 +23,7 @@ import pytest
 import redis
 from celery_process import CeleryWorker, celery_worker, wait_for
 from messages import outcome
-from redis_server import RedisServer
+from redis_server import RedisServer, task_arguments
 from sqlalchemy import Engine, create_engine, func, make_url, select, text
 
 from ostinato.broker import BATCH_TASK, INGEST_QUEUE
@@ -84,8 +83,7 @@ def unacked_message_ids(client: redis.Redis, prefix: str) -> set[str]:
     ids: set[str] = set()
     for raw in client.hvals(f"{prefix}unacked"):
         message, _exchange, _routing_key = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        for envelope in args[0]:
+        for envelope in task_arguments(message)[0]:
             ids.add((json.loads(envelope) if isinstance(envelope, str) else envelope)["message_id"])
     return ids
 

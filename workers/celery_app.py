@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from kombu.entity import Queue
 
 from ostinato.broker import INGEST_QUEUE, MAINTENANCE_QUEUE, transport_options
@@ -50,6 +51,18 @@ def _beat_schedule(settings: Settings) -> dict[str, Any]:
     from ostinato.workers.beat import beat_schedule
 
     return beat_schedule(settings)
+
+
+@signals.worker_init.connect
+@signals.worker_process_init.connect
+def _freeze_startup_heap(**_: object) -> None:
+    """Move what start-up allocated (modules, the app) out of the garbage collector's sight.
+
+    Ingest allocates tens of thousands of short-lived objects per batch, so collections run often; without
+    this each full collection walks the whole start-up heap again, which cost about a fifth of a worker's
+    CPU. In the prefork parent it also keeps children from copying those pages on write.
+    """
+    gc.freeze()
 
 
 app = create_app()
