@@ -399,7 +399,7 @@ class Client:
                     with self._lock:
                         self.dropped_by_hook += 1
                     return None
-            return message.model_dump_json() if message is not None else None
+            return message.model_dump_json(exclude_none=True) if message is not None else None
 
         assert self._sender is not None
         self._sender.submit(envelope)

@@ -675,6 +675,8 @@ class Scrubber:
         return model.model_copy(update=updates) if updates else model
 
     def _value(self, value: object, plan: _FieldPlan) -> object:
+        if type(value) in _ATOMS:
+            return value
         if isinstance(value, str) and not isinstance(value, Enum):
             scrubbed = self.text(value) or (REDACTED if value else value)
             if plan.limit is not None and len(scrubbed) > plan.limit:
@@ -793,6 +795,10 @@ def _env_secrets(
 
 
 # --- payload plans ------------------------------------------------------------------------------------
+
+
+_ATOMS = frozenset({type(None), bool, int, float})
+"""Values that hold no text, skipped at once (most fields of a payload)."""
 
 
 @dataclass(frozen=True, slots=True)

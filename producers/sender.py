@@ -81,7 +81,7 @@ class Sender:
         self,
         settings: Settings,
         *,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         linger_seconds: float = 0.05,
         queue_size: int = 20_000,
         publish_timeout: float = 2.0,
