@@ -1,11 +1,12 @@
 """The runner-side client: validate, scrub, hash, and hand to the background sender; rate limits and reads.
 
-Every publishing call returns the message id in microseconds; the network is only ever touched by the
-sender's thread. The exceptions are deliberate: ``report_rate_limit`` and ``rate_limit_status`` make one short
-Redis round trip (other runners must see a limit at once), and the preflight reads query the store.
-With ``enabled=False`` every call is a cheap no-op, and publishing (messages and rate-limit keys) and
-preflight reads can be switched off separately, as upstream's learning configuration allows; a switched-off
-read gives the neutral answer (nothing found, the static delay, not limited).
+Every publishing call returns the message id in about a tenth of a millisecond: validation, scrubbing and
+serialisation happen on the caller's thread, the network only ever on the sender's. The exceptions are
+deliberate: ``report_rate_limit`` and ``rate_limit_status`` make one short Redis round trip (other runners
+must see a limit at once), and the preflight reads query the store. With ``enabled=False`` every call is a
+cheap no-op, and publishing (messages and rate-limit keys) and preflight reads can be switched off
+separately, as upstream's learning configuration allows; a switched-off read gives the neutral answer
+(nothing found, the static delay, not limited).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from types import TracebackType
 from typing import Any
 from uuid import UUID, uuid4
 
+import structlog
 from pydantic import BaseModel
 
 from ostinato.producers.preflight import (
@@ -65,6 +67,8 @@ from ostinato.schema.records import (
     PatternRecord,
 )
 from ostinato.settings import Settings, get_settings
+
+log = structlog.get_logger(__name__)
 
 AnyMessage = (
     SheetOutcomeMessage
@@ -113,6 +117,7 @@ class Client:
         self.before_send = before_send
         self.scrubber = scrubber or Scrubber()
         self.dropped_by_hook = 0
+        self.failed_preparation = 0
         self._lock = threading.Lock()
         self._sender = sender if sender is not None or not self.publishing else Sender.shared(self.settings)
         self._rate_limits: RateLimits | None = None
@@ -123,8 +128,8 @@ class Client:
     def record_outcome(self, outcome: SheetOutcome | Mapping[str, Any]) -> UUID | None:
         """Report a sheet's outcome; its tails are scrubbed, then cut to their last 4 KiB.
 
-        The structure is validated here (a bad outcome raises at once); scrubbing, which costs about a
-        millisecond, runs on the sender's thread. Set ``execution_id`` to cite the execution later.
+        The structure is validated first (a bad outcome raises at once), then the text is scrubbed. Set
+        ``execution_id`` to cite the execution later.
         """
         if not self.publishing:
             return None
@@ -383,27 +388,40 @@ class Client:
     # -- sending ----------------------------------------------------------------------------------------
 
     def _send(self, kind: type[AnyMessage], payload: Callable[[], BaseModel]) -> UUID:
-        """Queue a message whose payload is made (scrubbed) on the sender's thread; its id is known now."""
+        """Scrub, run ``before_send`` and serialise here (about 0.1 ms); the sender only publishes.
+
+        Nothing here may reach the runner as an exception: a failure (a hook that raises, say) drops the
+        message, logs it and counts it in ``stats()["failed_preparation"]``.
+        """
         message_id = uuid4()
-
-        def envelope() -> str | None:
-            message: Message | None = kind(
-                message_id=message_id,
-                workspace_hash=self.workspace_hash,
-                job_hash=self.job_hash,
-                payload=payload(),
-            )
-            if self.before_send is not None and message is not None:
-                message = self.before_send(message)
-                if message is None:
-                    with self._lock:
-                        self.dropped_by_hook += 1
-                    return None
-            return message.model_dump_json(exclude_none=True) if message is not None else None
-
-        assert self._sender is not None
-        self._sender.submit(envelope)
+        try:
+            envelope = self._envelope(kind, message_id, payload)
+        except Exception:
+            log.exception("message_preparation_failed", kind=kind.model_fields["kind"].default)
+            with self._lock:
+                self.failed_preparation += 1
+            return message_id
+        if envelope is not None:
+            assert self._sender is not None
+            self._sender.submit(envelope)
         return message_id
+
+    def _envelope(
+        self, kind: type[AnyMessage], message_id: UUID, payload: Callable[[], BaseModel]
+    ) -> str | None:
+        message: Message | None = kind(
+            message_id=message_id,
+            workspace_hash=self.workspace_hash,
+            job_hash=self.job_hash,
+            payload=payload(),
+        )
+        if self.before_send is not None and message is not None:
+            message = self.before_send(message)
+            if message is None:
+                with self._lock:
+                    self.dropped_by_hook += 1
+                return None
+        return message.model_dump_json(exclude_none=True) if message is not None else None
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -432,7 +450,9 @@ class Client:
 
     def stats(self) -> dict[str, int]:
         figures = {} if self._sender is None else self._sender.stats()
-        return {**figures, "dropped_by_hook": self.dropped_by_hook}
+        with self._lock:
+            own = {"dropped_by_hook": self.dropped_by_hook, "failed_preparation": self.failed_preparation}
+        return {**figures, **own}
 
     def __enter__(self) -> Client:
         return self

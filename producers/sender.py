@@ -15,7 +15,6 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -29,11 +28,7 @@ log = structlog.get_logger(__name__)
 
 Envelope = dict[str, Any] | str
 """A JSON object, or the same as JSON text (what the client sends: the worker validates text fastest)."""
-Deferred = Callable[[], Envelope | None]
-"""An envelope finished on the sender's thread (scrubbing is costly); None means the runner dropped it."""
-Pending = Envelope | Deferred
 STAT_NAMES = (
-    "skipped",
     "submitted",
     "published",
     "spooled",
@@ -98,7 +93,7 @@ class Sender:
         self._broker = redact_url(settings.broker_url)
         self._producer: Any = None
         self._redis_down = False
-        self._queue: queue.Queue[Pending] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Envelope] = queue.Queue(maxsize=queue_size)
         self._overflow_lock = threading.Lock()
         self._state = threading.Condition()
         self._closed = False
@@ -147,12 +142,8 @@ class Sender:
         else:
             self.flush(timeout)
 
-    def submit(self, envelope: Pending) -> None:
-        """Queue ``envelope``; never network I/O, never raises; a full queue spills to the spool on disk.
-
-        A callable is called on the sender's thread (or, when the queue is full, before spooling) to make
-        the envelope; it may return None to skip it.
-        """
+    def submit(self, envelope: Envelope) -> None:
+        """Queue ``envelope``; never network I/O, never raises; a full queue spills to the spool on disk."""
         with self._state:
             self._stats["submitted"] += 1
             self._in_memory += 1
@@ -263,7 +254,7 @@ class Sender:
         up, rather than waking for every envelope: the runner's thread keeps the CPU. ``flush`` and
         ``close`` cut the gathering short.
         """
-        batch: list[Pending] = []
+        batch: Batch = []
         if first_wait > 0:
             try:
                 batch.append(self._queue.get(timeout=first_wait))
@@ -279,7 +270,7 @@ class Sender:
                     break
             left = deadline - time.monotonic()
             if len(batch) >= self._batch_size or left <= 0 or self._wake.is_set() or self._stopping.is_set():
-                return self._prepare(batch)
+                return self._json_only(batch)
             self._gathered.wait(left)
 
     def _publish(self, batch: Batch) -> bool:
@@ -305,16 +296,16 @@ class Sender:
             self._stats["task_messages"] += 1
         return True
 
-    def _overflow(self, envelope: Pending) -> None:
+    def _overflow(self, envelope: Envelope) -> None:
         """Queue full (or sender closed): the oldest queued batch goes to disk, never to the network."""
         with self._overflow_lock:
             if self._closed:
                 if self.spool.closed:
                     self._settle(dropped=1, reason="sender_closed")
                 else:
-                    self._spool_batch(self._prepare([envelope]))
+                    self._spool_batch(self._json_only([envelope]))
                 return
-            oldest: list[Pending] = []
+            oldest: Batch = []
             while len(oldest) < self._batch_size:
                 try:
                     oldest.append(self._queue.get_nowait())
@@ -323,11 +314,11 @@ class Sender:
             if oldest:
                 with self._state:
                     self._stats["overflowed"] += len(oldest)
-                self._spool_batch(self._prepare(oldest))
+                self._spool_batch(self._json_only(oldest))
             try:
                 self._queue.put_nowait(envelope)
             except queue.Full:
-                self._spool_batch(self._prepare([envelope]))
+                self._spool_batch(self._json_only([envelope]))
 
     def _spool_batch(self, batch: Batch) -> None:
         if not batch:
@@ -346,30 +337,6 @@ class Sender:
         """On stop, what is still in memory goes to disk, for the next Sender on this spool to resend."""
         while batch := self._collect(first_wait=0.0, gather=0.0):
             self._spool_batch(batch)
-
-    def _prepare(self, pending: list[Pending]) -> Batch:
-        """Finish deferred envelopes, then keep what JSON can encode."""
-        batch: Batch = []
-        skipped = failed = 0
-        for item in pending:
-            if not callable(item):
-                batch.append(item)
-                continue
-            try:
-                made = item()
-            except Exception:
-                log.exception("envelope_preparation_failed")
-                failed += 1
-                continue
-            if made is None:
-                skipped += 1
-            else:
-                batch.append(made)
-        if skipped:
-            self._settle(skipped=skipped)
-        if failed:
-            self._settle(dropped=failed, reason="preparation_failed")
-        return self._json_only(batch)
 
     def _json_only(self, batch: Batch) -> Batch:
         """Drop (loudly) what JSON cannot encode, so one bad envelope neither blocks nor poisons a batch."""
@@ -390,11 +357,10 @@ class Sender:
         published: int = 0,
         spooled: int = 0,
         dropped: int = 0,
-        skipped: int = 0,
         reason: str = "",
     ) -> None:
         """Count envelopes that left memory and wake ``flush``; a drop is always logged as an error."""
-        counts = {"published": published, "spooled": spooled, "dropped": dropped, "skipped": skipped}
+        counts = {"published": published, "spooled": spooled, "dropped": dropped}
         with self._state:
             for name, count in counts.items():
                 self._stats[name] += count

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from test_scrub import BLOB, SHORT_BLOB, assert_clean, make_outcome, make_scrubber
 
 from ostinato.producers import Client
+from ostinato.schema.messages import Message, SheetOutcomeMessage
 from ostinato.schema.tables import metadata
 from ostinato.settings import Settings
 from ostinato.workers.intake import Intake
@@ -52,4 +53,57 @@ def test_planted_secrets_never_reach_redis_or_postgres(
             default=str,
         )
     assert_clean(stored)
+    redis_client.delete(queue_key(prefix))
+
+
+def test_before_send_can_rewrite_or_drop_a_message_and_a_failing_hook_never_reaches_the_runner(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The hook sees the scrubbed message: what it returns is sent, None drops it, an exception drops it."""
+    prefix = f"ostinato-hook-{uuid.uuid4().hex[:8]}:"
+    seen: list[str] = []
+
+    def hook(message: Message) -> Message | None:
+        assert isinstance(message, SheetOutcomeMessage)
+        seen.append(message.payload.stdout_tail)
+        if message.payload.sheet_id == "drop-me":
+            return None
+        if message.payload.sheet_id == "boom":
+            raise RuntimeError("a bug in the runner's hook")
+        tail = message.payload.stdout_tail.replace("ACME-1234", "<ticket>")
+        return message.model_copy(
+            update={"payload": message.payload.model_copy(update={"stdout_tail": tail})}
+        )
+
+    client = Client(
+        "hooked job",
+        "/srv/hooked",
+        settings=Settings(key_prefix=prefix, spool_dir=tmp_path),
+        before_send=hook,
+    )
+    started = "2026-06-01T00:00:00Z"
+    try:
+        kept = client.record_outcome(
+            {
+                "sheet_id": "keep",
+                "started_at": started,
+                "stdout_tail": "ticket ACME-1234 at /home/alice/x/y.py",
+            }
+        )
+        client.record_outcome({"sheet_id": "drop-me", "started_at": started})
+        client.record_outcome({"sheet_id": "boom", "started_at": started})
+        assert client.flush(10)
+        stats = client.stats()
+    finally:
+        client.close()
+
+    assert seen[0] == "ticket ACME-1234 at <path>/y.py"  # the hook runs after scrubbing
+    assert (stats["dropped_by_hook"], stats["failed_preparation"], stats["published"]) == (1, 1, 1)
+    envelopes = [
+        json.loads(e) if isinstance(e, str) else e
+        for m in queued_messages(redis_client, prefix)
+        for e in m.args[0]
+    ]
+    assert [e["message_id"] for e in envelopes] == [str(kept)]
+    assert envelopes[0]["payload"]["stdout_tail"] == "ticket <ticket> at <path>/y.py"
     redis_client.delete(queue_key(prefix))
