@@ -53,8 +53,6 @@ def _beat_schedule(settings: Settings) -> dict[str, Any]:
     return beat_schedule(settings)
 
 
-@signals.worker_init.connect
-@signals.worker_process_init.connect
 def _freeze_startup_heap(**_: object) -> None:
     """Move what start-up allocated (modules, the app) out of the garbage collector's sight.
 
@@ -65,4 +63,6 @@ def _freeze_startup_heap(**_: object) -> None:
     gc.freeze()
 
 
+signals.worker_init.connect(_freeze_startup_heap, weak=False)
+signals.worker_process_init.connect(_freeze_startup_heap, weak=False)
 app = create_app()
