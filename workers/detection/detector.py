@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import NamedTuple
 
 from ostinato.schema.identity import hash16, normalize_pattern_name, pattern_id
 from ostinato.schema.messages import SheetOutcome
@@ -82,12 +83,12 @@ class DetectedPattern:
         return self.quarantine_status == QuarantineStatus.VALIDATED
 
 
-@dataclass(frozen=True)
-class Evidence:
+class Evidence(NamedTuple):
     """What one outcome contributes to one pattern, keyed by the pattern's tag.
 
     ``extra`` carries the second sum a description needs (retries for retry success, successes for
-    completion mode); ``label`` keeps the spelling of a fix suggestion as first seen.
+    completion mode); ``label`` keeps the spelling of a fix suggestion as first seen. A named tuple, as
+    every outcome makes about ten of them.
     """
 
     key: str
