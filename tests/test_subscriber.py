@@ -353,9 +353,9 @@ def test_live_events_flow_while_the_store_is_unreachable_and_bad_input_is_surviv
         time.sleep(0.3)
         assert [e.id for e in delivered] == [first.id, second.id]
         assert handle.alive
+        wait_for(lambda: handle.stats()["catch_up_failures"] >= 2, 10, "a retried catch-up")
         stats = handle.stats()
         assert (stats["own"], stats["invalid"], stats["duplicates"]) == (1, 1, 1)
-        assert stats["catch_up_failures"] >= 2
     finally:
         handle.stop()
     assert not handle.alive
