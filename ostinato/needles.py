@@ -27,4 +27,7 @@ class NeedleSet:
         """The needles that occur in ``text`` (case-sensitive: lower both sides for a caseless test)."""
         if not self.needles or not text:
             return frozenset()
-        return frozenset(self.needles[index] for index in self._set.Match(text) or ())
+        # Lone surrogates (output decoded with "surrogateescape") cannot be UTF-8; passed through as they
+        # are, they match no needle, as with ``in``.
+        encoded = text.encode("utf-8", "surrogatepass")
+        return frozenset(self.needles[index] for index in self._set.Match(encoded) or ())

@@ -87,6 +87,13 @@ RAW_TAIL_WINDOW = 4 * TAIL_LIMIT
 edge lies in the part that is dropped."""
 
 
+def _storable(text: str) -> str:
+    """Output as PostgreSQL and JSON take it: NUL removed, lone surrogates (bytes a runner decoded with
+    ``surrogateescape``) as ``?``, instead of the whole outcome failing to serialise."""
+    text = text.replace("\x00", "")
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -138,7 +145,7 @@ class Client:
         checked = SheetOutcome.model_validate({**data, **dict.fromkeys(TAIL_FIELDS, "")})
 
         def scrubbed() -> SheetOutcome:
-            tails = {f: self.scrubber.tail(raw.replace("\x00", "")) for f, raw in raw_tails.items()}
+            tails = {f: self.scrubber.tail(_storable(raw)) for f, raw in raw_tails.items()}
             return self.scrubber.payload(checked).model_copy(update=tails)
 
         return self._send(SheetOutcomeMessage, scrubbed)

@@ -107,3 +107,23 @@ def test_before_send_can_rewrite_or_drop_a_message_and_a_failing_hook_never_reac
     assert [e["message_id"] for e in envelopes] == [str(kept)]
     assert envelopes[0]["payload"]["stdout_tail"] == "ticket <ticket> at <path>/y.py"
     redis_client.delete(queue_key(prefix))
+
+
+def test_undecodable_output_is_kept_with_its_bad_bytes_replaced(tmp_path: Path) -> None:
+    """A tail decoded with surrogateescape (lone surrogates) still makes a valid, scrubbed envelope."""
+    sent: list[str] = []
+
+    class Capture:
+        def submit(self, envelope: str) -> None:
+            sent.append(envelope)
+
+    client = Client("raw bytes", "/srv/raw", sender=Capture())  # type: ignore[arg-type]
+    client.record_outcome(
+        {
+            "sheet_id": "s1",
+            "started_at": "2026-06-01T00:00:00Z",
+            "stdout_tail": "bad \udcff byte in /a/b/c.py",
+        }
+    )
+    assert client.failed_preparation == 0
+    assert json.loads(sent[0])["payload"]["stdout_tail"] == "bad ? byte in <path>/c.py"
