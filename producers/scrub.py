@@ -28,6 +28,7 @@ import ipaddress
 import os
 import re
 import socket
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -608,6 +609,11 @@ class Scrubber:
             rules.append(_regex_rule(user_pattern, USER, (private_user.lower(),)))
         self._rules: tuple[_Rule, ...] = tuple(rules)
         self._needles = NeedleSet(needle for rule in rules for needle in rule.needles)
+        self._unconditional = tuple(index for index, rule in enumerate(rules) if not rule.needles)
+        self._rules_by_needle: dict[str, list[int]] = defaultdict(list)
+        for index, rule in enumerate(rules):
+            for needle in rule.needles:
+                self._rules_by_needle[needle].append(index)
 
     def add_rule(self, pattern: str | re.Pattern[str], replacement: str) -> None:
         """Add a runner-specific rule; runner rules run first, on the raw text, in the order added.
@@ -637,16 +643,16 @@ class Scrubber:
         # now; a needle found there is looked for again in the current text before its rule runs.
         lowered = value.lower()
         found = self._needles.found(lowered)
+        due = set(self._unconditional)
+        for needle in found:
+            due.update(self._rules_by_needle[needle])
         stale = False
-        for rule in self._rules:
-            if rule.needles:
-                wanted = found.intersection(rule.needles)
-                if not wanted:
+        for index in sorted(due):
+            rule = self._rules[index]
+            if stale and rule.needles:
+                lowered, stale = value.lower(), False
+                if not any(needle in lowered for needle in found.intersection(rule.needles)):
                     continue
-                if stale:
-                    lowered, stale = value.lower(), False
-                    if not any(needle in lowered for needle in wanted):
-                        continue
             if rule.gate is not None and not rule.gate(value):
                 continue
             scrubbed = rule.apply(value)
