@@ -216,17 +216,17 @@ class StoreBase:
         result = self.conn.execute(statement.returning(*(table.c[n] for n in names)), list(rows))
         return [row[0] if len(names) == 1 else tuple(row) for row in result]
 
-    def later(self, column: Any, value: datetime) -> ColumnElement[Any]:
+    def later(self, column: Any, value: datetime | ColumnElement[Any]) -> ColumnElement[Any]:
         """The later of a stored time and an incoming one, so out-of-order messages never move it back."""
         return self._pick("greatest" if self.dialect == "postgresql" else "max", column, value)
 
-    def earlier(self, column: Any, value: datetime) -> ColumnElement[Any]:
+    def earlier(self, column: Any, value: datetime | ColumnElement[Any]) -> ColumnElement[Any]:
         """The earlier of a stored time and an incoming one (first sightings)."""
         return self._pick("least" if self.dialect == "postgresql" else "min", column, value)
 
     @staticmethod
-    def _pick(function: str, column: Any, value: datetime) -> ColumnElement[Any]:
-        incoming = literal(value, UTCDateTime())
+    def _pick(function: str, column: Any, value: datetime | ColumnElement[Any]) -> ColumnElement[Any]:
+        incoming = value if isinstance(value, ColumnElement) else literal(value, UTCDateTime())
         return getattr(func, function)(column, incoming, type_=UTCDateTime())  # type: ignore[no-any-return]
 
 

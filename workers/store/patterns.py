@@ -9,13 +9,27 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import Row, and_, column, exists, func, literal, or_, select, true, update
+from sqlalchemy import (
+    Row,
+    and_,
+    bindparam,
+    case,
+    column,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from ostinato.schema.identity import content_hash, pattern_id
 from ostinato.schema.records import PatternRecord, QuarantineStatus
-from ostinato.schema.tables import pattern_applications, patterns
+from ostinato.schema.tables import UTCDateTime, pattern_applications, patterns
 from ostinato.workers.store import formulas
 from ostinato.workers.store.base import StoreBase, new_id, transactional
 
@@ -241,17 +255,34 @@ class PatternsMixin(StoreBase):
             for a in by_pattern[pid]
         ]
         self.insert_rows(pattern_applications, rows)
+        counters: list[dict[str, Any]] = []
         for pid in sorted(known):
             group = by_pattern[pid]
             successes = [a.applied_at for a in group if a.pattern_led_to_success]
-            values: dict[str, Any] = {
-                "led_to_success_count": patterns.c.led_to_success_count + len(successes),
-                "led_to_failure_count": patterns.c.led_to_failure_count + (len(group) - len(successes)),
-            }
-            if successes:
-                values["last_confirmed"] = self.later(patterns.c.last_confirmed, max(successes))
-            self.conn.execute(update(patterns).where(patterns.c.id == pid).values(values))
-            self.rescore(pid)
+            counters.append(
+                {
+                    "b_id": pid,
+                    "b_successes": len(successes),
+                    "b_failures": len(group) - len(successes),
+                    "b_confirmed": max(successes, default=None),
+                }
+            )
+        if counters:
+            confirmed = bindparam("b_confirmed", type_=UTCDateTime())
+            self.conn.execute(
+                update(patterns)
+                .where(patterns.c.id == bindparam("b_id"))
+                .values(
+                    led_to_success_count=patterns.c.led_to_success_count + bindparam("b_successes"),
+                    led_to_failure_count=patterns.c.led_to_failure_count + bindparam("b_failures"),
+                    last_confirmed=case(
+                        (confirmed.is_(None), patterns.c.last_confirmed),
+                        else_=self.later(patterns.c.last_confirmed, confirmed),
+                    ),
+                ),
+                counters,
+            )
+        self.rescore_many(sorted(known))
         return [a.id for a in applications]
 
     def lock_patterns(self, ids: Iterable[str]) -> list[str]:
@@ -265,58 +296,84 @@ class PatternsMixin(StoreBase):
         return list(self.conn.execute(query).scalars())
 
     def rescore(self, pid: str, as_of: datetime | None = None) -> float | None:
-        """Recompute and store a pattern's effectiveness and priority.
+        """Recompute and store a pattern's effectiveness and priority; None if it does not exist."""
+        return self.rescore_many([pid], as_of).get(pid)
 
-        ``as_of`` defaults to the pattern's newest application, so the stored score depends only on the
+    def rescore_many(self, pids: Sequence[str], as_of: datetime | None = None) -> dict[str, float]:
+        """Recompute and store the effectiveness and priority of many patterns, in three statements.
+
+        ``as_of`` defaults to each pattern's newest application, so the stored score depends only on the
         recorded history, never on when a worker happened to apply the message.
         """
-        row = self.conn.execute(
-            select(
-                patterns.c.led_to_success_count,
-                patterns.c.led_to_failure_count,
-                patterns.c.last_confirmed,
-                patterns.c.occurrence_count,
-                patterns.c.variance,
-                patterns.c.quarantine_status,
-            ).where(patterns.c.id == pid)
-        ).first()
-        if row is None:
-            return None
-        recent = self.recent_applications(pid, formulas.RECENT_WINDOW)
-        if as_of is None:
-            as_of = max([row.last_confirmed, *(r.applied_at for r in recent)])
-        score = formulas.effectiveness(
-            row.led_to_success_count,
-            row.led_to_failure_count,
-            [r.pattern_led_to_success for r in recent],
-            [r.grounding_confidence for r in recent],
-            max(0, formulas.whole_days(as_of, row.last_confirmed)),
-        )
-        rank = (
-            0.0
-            if row.quarantine_status == RETIRED
-            else formulas.priority(score, row.occurrence_count, row.variance or 0.0)
-        )
-        self.conn.execute(
-            update(patterns)
-            .where(patterns.c.id == pid)
-            .values(effectiveness_score=score, priority_score=rank)
-        )
-        return score
+        rows = {
+            row.id: row
+            for row in self.conn.execute(
+                select(
+                    patterns.c.id,
+                    patterns.c.led_to_success_count,
+                    patterns.c.led_to_failure_count,
+                    patterns.c.last_confirmed,
+                    patterns.c.occurrence_count,
+                    patterns.c.variance,
+                    patterns.c.quarantine_status,
+                ).where(patterns.c.id.in_(sorted(set(pids))))
+            )
+        }
+        recent = self._recent_applications_of(sorted(rows), formulas.RECENT_WINDOW)
+        scores: dict[str, float] = {}
+        updates: list[dict[str, Any]] = []
+        for pid, row in rows.items():
+            history = recent[pid]
+            decay_to = as_of or max([row.last_confirmed, *(r.applied_at for r in history)])
+            score = formulas.effectiveness(
+                row.led_to_success_count,
+                row.led_to_failure_count,
+                [r.pattern_led_to_success for r in history],
+                [r.grounding_confidence for r in history],
+                max(0, formulas.whole_days(decay_to, row.last_confirmed)),
+            )
+            rank = (
+                0.0
+                if row.quarantine_status == RETIRED
+                else formulas.priority(score, row.occurrence_count, row.variance or 0.0)
+            )
+            scores[pid] = score
+            updates.append({"b_id": pid, "b_score": score, "b_rank": rank})
+        if updates:
+            self.conn.execute(
+                update(patterns)
+                .where(patterns.c.id == bindparam("b_id"))
+                .values(effectiveness_score=bindparam("b_score"), priority_score=bindparam("b_rank")),
+                updates,
+            )
+        return scores
 
-    def recent_applications(
-        self, pid: str, limit: int, *, grounded_only: bool = False
-    ) -> Sequence[Row[Any, Any, Any]]:
+    def _recent_applications_of(self, pids: Sequence[str], limit: int) -> dict[str, list[Row[Any]]]:
+        """Each pattern's newest applications, newest first: one statement, each part an index scan."""
+        found: dict[str, list[Row[Any]]] = defaultdict(list)
+        if not pids:
+            return found
+        parts = [
+            select(
+                pattern_applications.c.pattern_id,
+                pattern_applications.c.applied_at,
+                pattern_applications.c.pattern_led_to_success,
+                pattern_applications.c.grounding_confidence,
+            )
+            .where(pattern_applications.c.pattern_id == pid)
+            .order_by(pattern_applications.c.applied_at.desc(), pattern_applications.c.id.desc())
+            .limit(limit)
+            .subquery()
+            for pid in pids
+        ]
+        query = union_all(*(select(part) for part in parts)) if len(parts) > 1 else select(parts[0])
+        for row in self.conn.execute(query):
+            found[row.pattern_id].append(row)
+        return found
+
+    def recent_applications(self, pid: str, limit: int) -> list[Row[Any]]:
         """A pattern's newest applications, newest first, in a deterministic order."""
-        query = select(
-            pattern_applications.c.applied_at,
-            pattern_applications.c.pattern_led_to_success,
-            pattern_applications.c.grounding_confidence,
-        ).where(pattern_applications.c.pattern_id == pid)
-        if grounded_only:
-            query = query.where(pattern_applications.c.grounding_confidence.is_not(None))
-        query = query.order_by(pattern_applications.c.applied_at.desc(), pattern_applications.c.id.desc())
-        return self.conn.execute(query.limit(limit)).all()
+        return self._recent_applications_of([pid], limit)[pid]
 
     @transactional
     def update_pattern_effectiveness(self, pattern_id: str) -> float | None:
@@ -329,9 +386,7 @@ class PatternsMixin(StoreBase):
     def recalculate_all_pattern_priorities(self) -> int:
         """Rescore every pattern, inactive ones included; returns how many."""
         ids = self.lock_patterns(self.conn.execute(select(patterns.c.id)).scalars())
-        now = self.now()
-        for pid in ids:
-            self.rescore(pid, as_of=now)
+        self.rescore_many(ids, as_of=self.now())
         return len(ids)
 
     @transactional

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from ostinato.schema.records import PatternRecord, SuccessFactors
-from ostinato.schema.tables import patterns
+from ostinato.schema.tables import UTCDateTime, patterns
 from ostinato.workers.store.base import transactional
 from ostinato.workers.store.patterns import PatternsMixin, log_unknown
 
@@ -224,13 +224,22 @@ class SuccessFactorsMixin(PatternsMixin):
             ).where(patterns.c.id.in_(known))
         )
         stored: dict[str, SuccessFactors] = {}
+        updates: list[dict[str, Any]] = []
         for row in rows:
             factors, stamped = self._fold(row, sorted(by_pattern[row.id], key=lambda o: o.at))
             stored[row.id] = factors
+            updates.append(
+                {"b_id": row.id, "b_factors": factors.model_dump(mode="json"), "b_stamped": stamped}
+            )
+        if updates:
             self.conn.execute(
                 update(patterns)
-                .where(patterns.c.id == row.id)
-                .values(success_factors=factors.model_dump(mode="json"), success_factors_updated_at=stamped)
+                .where(patterns.c.id == bindparam("b_id"))
+                .values(
+                    success_factors=bindparam("b_factors", type_=patterns.c.success_factors.type),
+                    success_factors_updated_at=bindparam("b_stamped", type_=UTCDateTime()),
+                ),
+                updates,
             )
         return stored
 
