@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from celery import Celery
 
-from ostinato.broker import BATCH_TASK, INGEST_QUEUE, transport_options
+from ostinato.broker import BATCH_COMPRESSION, BATCH_TASK, INGEST_QUEUE, transport_options
 from ostinato.producers.spool import Batch, Spool, SpoolFull
 from ostinato.settings import Settings, redact_url
 
@@ -279,7 +279,12 @@ class Sender:
             if self._producer is None:
                 self._producer = self._app.connection_for_write().Producer()
             self._app.send_task(
-                BATCH_TASK, args=[batch], queue=INGEST_QUEUE, producer=self._producer, retry=False
+                BATCH_TASK,
+                args=[batch],
+                queue=INGEST_QUEUE,
+                producer=self._producer,
+                retry=False,
+                compression=BATCH_COMPRESSION,
             )
         except Exception as error:
             self._reset_connection()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from kombu import compression
 
 from ostinato.broker import INGEST_QUEUE
 
@@ -85,6 +86,7 @@ class TaskMessage:
     task: str
     content_type: str
     args: list[Any]
+    compression: str | None = None
 
 
 def queue_key(key_prefix: str) -> str:
@@ -93,11 +95,12 @@ def queue_key(key_prefix: str) -> str:
 
 
 def task_arguments(message: dict[str, Any]) -> list[Any]:
-    """A kombu message's Celery arguments, its body decoded as the message says (the producer sends JSON
-    text as it is; kombu's default is base64)."""
+    """A kombu message's Celery arguments, its body decoded and decompressed as the message says."""
     body = message["body"]
     if message["properties"].get("body_encoding") == "base64":
         body = base64.b64decode(body)
+    if "compression" in message["headers"]:
+        body = compression.decompress(body, message["headers"]["compression"])  # type: ignore[no-untyped-call]
     args, _kwargs, _embed = json.loads(body)
     return list(args)
 
@@ -109,5 +112,8 @@ def queued_messages(client: redis.Redis, key_prefix: str) -> list[TaskMessage]:
     for item in reversed(raw):
         message = json.loads(item)
         args = task_arguments(message)
-        messages.append(TaskMessage(message["headers"]["task"], message["content-type"], args))
+        headers = message["headers"]
+        messages.append(
+            TaskMessage(headers["task"], message["content-type"], args, headers.get("compression"))
+        )
     return messages

@@ -53,6 +53,7 @@ def published(messages: list[TaskMessage]) -> list[dict[str, Any]]:
     for message in messages:
         assert message.task == BATCH_TASK
         assert message.content_type == "application/json"
+        assert message.compression == "application/zstd"
         assert len(message.args) == 1
         assert isinstance(message.args[0], list)
         envelopes.extend(message.args[0])

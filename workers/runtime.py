@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import redis
@@ -11,6 +12,7 @@ from ostinato.workers.store import Store
 
 _stores: dict[int, Store] = {}
 _redis: dict[int, redis.Redis] = {}
+_settled: set[int] = set()
 
 
 def store() -> Store:
@@ -29,3 +31,12 @@ def redis_client() -> redis.Redis:
             get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5
         )
     return _redis[pid]
+
+
+def settle_heap() -> None:
+    """Once per process, after its first delivery: freeze what that built to last (the engine, compiled
+    statements, caches), so later garbage collections skip it like the start-up heap."""
+    pid = os.getpid()
+    if pid not in _settled:
+        _settled.add(pid)
+        gc.freeze()

@@ -44,6 +44,7 @@ def run_ingest(task: Task, raw: object, expected_kind: str | None) -> dict[str, 
         raise task.retry(
             exc=error, countdown=backoff(task.request.retries), max_retries=MAX_INFRASTRUCTURE_RETRIES
         ) from error
+    runtime.settle_heap()
     broadcast = publish_discoveries(runtime.redis_client(), settings.patterns_channel, report.discoveries)
     return {
         "applied": report.applied,
