@@ -78,6 +78,7 @@ class Sender:
         *,
         batch_size: int = 1000,
         linger_seconds: float = 0.05,
+        max_linger_seconds: float = 0.25,
         queue_size: int = 20_000,
         publish_timeout: float = 2.0,
         retry_interval: float = 0.5,
@@ -85,6 +86,7 @@ class Sender:
     ) -> None:
         self._batch_size = batch_size
         self._linger = linger_seconds
+        self._max_linger = max(linger_seconds, max_linger_seconds)
         self._retry_interval = retry_interval
         self._join_timeout = publish_timeout + retry_interval + 1.0
         self._owns_spool = spool is None
@@ -226,7 +228,7 @@ class Sender:
             ):
                 self._spool_batch(self._collect(first_wait=0.0, gather=left))
             return
-        batch = self._collect(first_wait=self._retry_interval, gather=self._linger)
+        batch = self._collect(first_wait=self._retry_interval, gather=self._linger, longest=self._max_linger)
         if not batch:
             return
         if len(self.spool) == 0 and self._publish(batch):
@@ -247,12 +249,14 @@ class Sender:
                 self._state.notify_all()
         return not len(self.spool)
 
-    def _collect(self, *, first_wait: float, gather: float) -> Batch:
-        """Up to ``batch_size`` envelopes: the first within ``first_wait``, then what comes within ``gather``.
+    def _collect(self, *, first_wait: float, gather: float, longest: float | None = None) -> Batch:
+        """Up to ``batch_size`` envelopes: the first within ``first_wait``, then more until none has come for
+        ``gather`` seconds or ``longest`` (default ``gather``) has passed since the first.
 
-        While gathering, the thread sleeps until a full batch is queued (``submit`` says so) or the time is
-        up, rather than waking for every envelope: the runner's thread keeps the CPU. ``flush`` and
-        ``close`` cut the gathering short.
+        So a lone message leaves after ``gather``, while a steady stream fills batches up to ``longest``:
+        each batch costs the workers the same fixed work, whatever its size. While gathering, the thread
+        sleeps until a full batch is queued (``submit`` says so) or the time is up, rather than waking for
+        every envelope: the runner's thread keeps the CPU. ``flush`` and ``close`` cut it short.
         """
         batch: Batch = []
         if first_wait > 0:
@@ -260,15 +264,21 @@ class Sender:
                 batch.append(self._queue.get(timeout=first_wait))
             except queue.Empty:
                 return []
-        deadline = time.monotonic() + gather
+        now = time.monotonic()
+        cap = now + (gather if longest is None else longest)
+        quiet = now + gather
         while True:
             self._gathered.clear()
+            before = len(batch)
             while len(batch) < self._batch_size:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            if len(batch) > before:
+                quiet = now + gather
+            left = min(quiet, cap) - now
             if len(batch) >= self._batch_size or left <= 0 or self._wake.is_set() or self._stopping.is_set():
                 return self._json_only(batch)
             self._gathered.wait(left)

@@ -225,6 +225,29 @@ def test_four_threads_thousand_envelopes_arrive_once_in_few_batches(
     assert stats["dropped"] == stats["spooled"] == stats["publish_errors"] == 0
 
 
+def test_a_lone_envelope_leaves_after_the_quiet_period_and_a_stream_fills_longer_batches(
+    tmp_path: Path, prefix: str, shared_redis: redis.Redis
+) -> None:
+    """A batch goes when the runner has been quiet for ``linger`` or, under a steady stream, after
+    ``max_linger``: a stream of one envelope every 10 ms for 0.9 s makes a few large batches, not one per
+    quiet period."""
+    sender = Sender(settings_for(SHARED_URL, prefix, tmp_path), linger_seconds=0.1, max_linger_seconds=0.45)
+    try:
+        sender.submit(envelope(0))
+        assert wait_until(lambda: sender.stats()["published"] == 1, 2.0)
+        assert len(queued_messages(shared_redis, prefix)) == 1
+
+        for n in range(1, 91):
+            sender.submit(envelope(n))
+            time.sleep(0.01)
+        assert sender.flush(5)
+    finally:
+        sender.close()
+    messages = queued_messages(shared_redis, prefix)
+    assert [e["seq"] for e in published(messages)] == list(range(91))
+    assert 2 <= len(messages) - 1 <= 4  # 0.9 s of stream in batches of up to 0.45 s (a 0.1 s linger: ~9)
+
+
 def test_envelope_json_cannot_encode_is_dropped_loudly_and_the_rest_published(
     tmp_path: Path, prefix: str, shared_redis: redis.Redis
 ) -> None:
