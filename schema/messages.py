@@ -42,7 +42,17 @@ NO_NUL = r"^[^\x00]*$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 ShortText = Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)]
 Text = Annotated[str, StringConstraints(max_length=TAIL_LIMIT, pattern=NO_NUL)]
-Tail = Text
+
+
+def _refuse_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters cannot be stored (PostgreSQL text refuses them)")
+    return value
+
+
+Tail = Annotated[str, StringConstraints(max_length=TAIL_LIMIT), AfterValidator(_refuse_nul)]
+"""Output tails are the long strings of every outcome: a substring test finds NUL several times faster
+than the pattern, which has to match the whole text."""
 
 ApplicationMode = Literal["exploration", "exploitation"]
 EscalationAction = Literal["retry", "skip", "abort", "modify_prompt"]
