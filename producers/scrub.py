@@ -681,9 +681,10 @@ class Scrubber:
         return model.model_copy(update=updates) if updates else model
 
     def _value(self, value: object, plan: _FieldPlan) -> object:
-        if type(value) in _ATOMS:
+        kind = type(value)
+        if kind in _ATOMS:
             return value
-        if isinstance(value, str) and not isinstance(value, Enum):
+        if isinstance(value, str) and (kind is str or not isinstance(value, Enum)):
             scrubbed = self.text(value) or (REDACTED if value else value)
             if plan.limit is not None and len(scrubbed) > plan.limit:
                 scrubbed = tail(scrubbed, plan.limit) if plan.keep_end else scrubbed[: plan.limit]
