@@ -202,7 +202,7 @@ class Client:
             provenance=Provenance(job_hash=self.job_hash, sheet_num=sheet_num),
             instrument_name=instrument_name,
         )
-        return self._send(PatternReportMessage, lambda: self.scrubber.payload(payload))
+        return self._send(PatternReportMessage, lambda: self.scrubber.payload(payload), urgent=True)
 
     def record_error_recovery(
         self,
@@ -394,7 +394,9 @@ class Client:
 
     # -- sending ----------------------------------------------------------------------------------------
 
-    def _send(self, kind: type[AnyMessage], payload: Callable[[], BaseModel]) -> UUID:
+    def _send(
+        self, kind: type[AnyMessage], payload: Callable[[], BaseModel], *, urgent: bool = False
+    ) -> UUID:
         """Scrub, run ``before_send`` and serialise here (about 0.1 ms); the sender only publishes.
 
         Nothing here may reach the runner as an exception: a failure (a hook that raises, say) drops the
@@ -410,7 +412,7 @@ class Client:
             return message_id
         if envelope is not None:
             assert self._sender is not None
-            self._sender.submit(envelope)
+            self._sender.submit(envelope, urgent=urgent)
         return message_id
 
     def _envelope(

@@ -103,6 +103,7 @@ class Sender:
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._wake = threading.Event()
         self._gathered = threading.Event()
+        self._urgent_at: float | None = None
         self._stopping = threading.Event()
         self._shared_key: tuple[str, str, str] | None = None
         self._thread = threading.Thread(target=self._run, name="ostinato-sender", daemon=True)
@@ -144,15 +145,23 @@ class Sender:
         else:
             self.flush(timeout)
 
-    def submit(self, envelope: Envelope) -> None:
-        """Queue ``envelope``; never network I/O, never raises; a full queue spills to the spool on disk."""
+    def submit(self, envelope: Envelope, *, urgent: bool = False) -> None:
+        """Queue ``envelope``; never network I/O, never raises; a full queue spills to the spool on disk.
+
+        ``urgent`` makes the batch being gathered leave within the quiet period (``linger_seconds``) even
+        while a stream keeps it filling: a pattern report is broadcast to every running job, so it should not
+        wait behind a stream of outcomes.
+        """
         with self._state:
             self._stats["submitted"] += 1
             self._in_memory += 1
             if not self._closed:
                 try:
                     self._queue.put_nowait(envelope)
-                    if self._queue.qsize() >= self._batch_size:
+                    if urgent and self._urgent_at is None:
+                        self._urgent_at = time.monotonic()
+                        self._gathered.set()
+                    elif self._queue.qsize() >= self._batch_size:
                         self._gathered.set()
                     return
                 except queue.Full:
@@ -254,8 +263,9 @@ class Sender:
         ``gather`` seconds or ``longest`` (default ``gather``) has passed since the first.
 
         So a lone message leaves after ``gather``, while a steady stream fills batches up to ``longest``:
-        each batch costs the workers the same fixed work, whatever its size. While gathering, the thread
-        sleeps until a full batch is queued (``submit`` says so) or the time is up, rather than waking for
+        each batch costs the workers the same fixed work, whatever its size. An urgent envelope makes its
+        batch leave at most ``gather`` after it. While gathering, the thread sleeps until a full batch is
+        queued or an urgent envelope comes (``submit`` says so) or the time is up, rather than waking for
         every envelope: the runner's thread keeps the CPU. ``flush`` and ``close`` cut it short.
         """
         batch: Batch = []
@@ -270,14 +280,18 @@ class Sender:
         while True:
             self._gathered.clear()
             before = len(batch)
-            while len(batch) < self._batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            with self._state:  # so an urgent envelope's time and the envelope itself are taken together
+                urgent_at, self._urgent_at = self._urgent_at, None
+                while len(batch) < self._batch_size:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
             now = time.monotonic()
             if len(batch) > before:
                 quiet = now + gather
+            if urgent_at is not None:
+                cap = min(cap, urgent_at + gather)
             left = min(quiet, cap) - now
             if len(batch) >= self._batch_size or left <= 0 or self._wake.is_set() or self._stopping.is_set():
                 return self._json_only(batch)

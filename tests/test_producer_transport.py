@@ -248,6 +248,30 @@ def test_a_lone_envelope_leaves_after_the_quiet_period_and_a_stream_fills_longer
     assert 2 <= len(messages) - 1 <= 4  # 0.9 s of stream in batches of up to 0.45 s (a 0.1 s linger: ~9)
 
 
+def test_an_urgent_envelope_makes_its_batch_leave_within_the_quiet_period(
+    tmp_path: Path, prefix: str, shared_redis: redis.Redis
+) -> None:
+    """A pattern report in a steady stream leaves within the quiet period, not at the stream's batch limit."""
+    sender = Sender(settings_for(SHARED_URL, prefix, tmp_path), linger_seconds=0.2, max_linger_seconds=5.0)
+    try:
+        for n in range(10):
+            sender.submit(envelope(n))
+            time.sleep(0.05)
+        started = time.monotonic()
+        sender.submit(envelope(10), urgent=True)
+        for n in range(11, 20):
+            sender.submit(envelope(n))
+            time.sleep(0.05)
+        assert wait_until(lambda: sender.stats()["published"] >= 11, 1.0)
+        assert time.monotonic() - started < 1.0  # the stream alone would have been held for 5 s
+        assert sender.flush(5)
+    finally:
+        sender.close()
+    messages = queued_messages(shared_redis, prefix)
+    assert [e["seq"] for e in published(messages)] == list(range(20))
+    assert 10 in [e["seq"] for e in messages[0].args[0]]
+
+
 def test_envelope_json_cannot_encode_is_dropped_loudly_and_the_rest_published(
     tmp_path: Path, prefix: str, shared_redis: redis.Redis
 ) -> None:
