@@ -114,7 +114,7 @@ def test_undecodable_output_is_kept_with_its_bad_bytes_replaced(tmp_path: Path) 
     sent: list[str] = []
 
     class Capture:
-        def submit(self, envelope: str) -> None:
+        def submit(self, envelope: str, *, urgent: bool = False) -> None:
             sent.append(envelope)
 
     client = Client("raw bytes", "/srv/raw", sender=Capture())  # type: ignore[arg-type]
