@@ -309,6 +309,7 @@ class Sender:
                 producer=self._producer,
                 retry=False,
                 compression=BATCH_COMPRESSION,
+                argsrepr=f"[<{len(batch)} envelopes>]",  # Celery's own repr walks the whole batch
             )
         except Exception as error:
             self._reset_connection()
