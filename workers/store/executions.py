@@ -32,7 +32,7 @@ AVOID_RATE = 0.3
 FULL_CONFIDENCE_SAMPLES = 50.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ExecutionInput:
     """One sheet outcome as the executions table keeps it; ``id`` is the message's execution id."""
 

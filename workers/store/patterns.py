@@ -63,7 +63,7 @@ class UpsertResult(NamedTuple):
     created: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ApplicationInput:
     """One application of a pattern to a sheet, as the store records it."""
 

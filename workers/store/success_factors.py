@@ -136,7 +136,7 @@ def analyze(record: PatternRecord) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FactorObservation:
     """The context of one success of one pattern, at the time it happened."""
 
