@@ -276,3 +276,16 @@ def test_application_to_unknown_pattern_writes_nothing(store: Store) -> None:
     with store.batch() as conn:
         assert conn.execute(select(func.count()).select_from(pattern_applications)).scalar() == 0
         assert conn.execute(select(func.count()).select_from(patterns)).scalar() == 0
+
+
+def test_recalculating_every_priority_works_past_sqlites_compound_select_limit(store: Store) -> None:
+    """Rescoring reads each pattern's recent applications in statements of bounded size: SQLite refuses a
+    compound SELECT of more than 500 parts, and the beat recalculates every pattern at once."""
+    with store.batch():
+        pids = [store.record_pattern("validation_failure", f"p{n}") for n in range(520)]
+        store.record_pattern_application(pids[-1], "sheet_1", True)
+    assert store.recalculate_all_pattern_priorities() == 520
+    for pid in (pids[0], pids[-1]):
+        stored = get(store, pid).effectiveness_score
+        assert stored == pytest.approx(0.55, abs=TOL)
+        assert store.update_pattern_effectiveness(pid) == pytest.approx(stored, abs=1e-12)

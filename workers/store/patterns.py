@@ -36,6 +36,8 @@ from ostinato.workers.store.base import StoreBase, new_id, transactional
 log = structlog.get_logger(__name__)
 
 RETIRED = QuarantineStatus.RETIRED.value
+RESCORE_CHUNK = 100
+"""Patterns whose recent applications one statement reads (each is one part of a ``UNION ALL``)."""
 
 
 @dataclass(frozen=True)
@@ -349,26 +351,29 @@ class PatternsMixin(StoreBase):
         return scores
 
     def _recent_applications_of(self, pids: Sequence[str], limit: int) -> dict[str, list[Row[Any]]]:
-        """Each pattern's newest applications, newest first: one statement, each part an index scan."""
+        """Each pattern's newest applications, newest first: a ``UNION ALL`` of index scans per statement.
+
+        At most ``RESCORE_CHUNK`` patterns go in one statement: SQLite refuses a compound SELECT of more than
+        500 parts, and the beat rescores every pattern at once.
+        """
         found: dict[str, list[Row[Any]]] = defaultdict(list)
-        if not pids:
-            return found
-        parts = [
-            select(
-                pattern_applications.c.pattern_id,
-                pattern_applications.c.applied_at,
-                pattern_applications.c.pattern_led_to_success,
-                pattern_applications.c.grounding_confidence,
-            )
-            .where(pattern_applications.c.pattern_id == pid)
-            .order_by(pattern_applications.c.applied_at.desc(), pattern_applications.c.id.desc())
-            .limit(limit)
-            .subquery()
-            for pid in pids
-        ]
-        query = union_all(*(select(part) for part in parts)) if len(parts) > 1 else select(parts[0])
-        for row in self.conn.execute(query):
-            found[row.pattern_id].append(row)
+        for first in range(0, len(pids), RESCORE_CHUNK):
+            parts = [
+                select(
+                    pattern_applications.c.pattern_id,
+                    pattern_applications.c.applied_at,
+                    pattern_applications.c.pattern_led_to_success,
+                    pattern_applications.c.grounding_confidence,
+                )
+                .where(pattern_applications.c.pattern_id == pid)
+                .order_by(pattern_applications.c.applied_at.desc(), pattern_applications.c.id.desc())
+                .limit(limit)
+                .subquery()
+                for pid in pids[first : first + RESCORE_CHUNK]
+            ]
+            query = union_all(*(select(part) for part in parts)) if len(parts) > 1 else select(parts[0])
+            for row in self.conn.execute(query):
+                found[row.pattern_id].append(row)
         return found
 
     def recent_applications(self, pid: str, limit: int) -> list[Row[Any]]:
