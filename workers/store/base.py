@@ -21,6 +21,7 @@ import structlog
 from pydantic_core import to_json
 from sqlalchemy import (
     Connection,
+    CursorResult,
     Engine,
     Table,
     create_engine,
@@ -172,8 +173,22 @@ class StoreBase:
         if not rows:
             return []
         names = [returning] if isinstance(returning, str) else list(returning or ())
-        if self.dialect != "postgresql":
-            return self._insert_rows_sqlite(table, rows, names, conflict, add_on_conflict)
+        if self.dialect == "postgresql":
+            result = self._insert_rows_postgresql(table, rows, names, conflict, add_on_conflict)
+        else:
+            result = self._insert_rows_sqlite(table, rows, names, conflict, add_on_conflict)
+        if result is None:
+            return []
+        return [row[0] if isinstance(returning, str) else tuple(row) for row in result]
+
+    def _insert_rows_postgresql(
+        self,
+        table: Table,
+        rows: Sequence[dict[str, Any]],
+        names: list[str],
+        conflict: Sequence[str],
+        add_on_conflict: Sequence[str],
+    ) -> CursorResult[Any] | None:
         columns = list(rows[0])
         shape = ", ".join(
             f"{name} {table.c[name].type.compile(dialect=self.engine.dialect)}" for name in columns
@@ -190,9 +205,8 @@ class StoreBase:
         document = {"rows": to_json(rows).decode()}
         if not names:
             self.conn.exec_driver_sql(sql, document)
-            return []
-        result = self.conn.exec_driver_sql(f"{sql} RETURNING {', '.join(f't.{n}' for n in names)}", document)
-        return [row[0] if isinstance(returning, str) else tuple(row) for row in result]
+            return None
+        return self.conn.exec_driver_sql(f"{sql} RETURNING {', '.join(f't.{n}' for n in names)}", document)
 
     def _insert_rows_sqlite(
         self,
@@ -201,7 +215,7 @@ class StoreBase:
         names: list[str],
         conflict: Sequence[str],
         add_on_conflict: Sequence[str],
-    ) -> list[Any]:
+    ) -> CursorResult[Any] | None:
         statement = sqlite_insert(table)
         if add_on_conflict:
             statement = statement.on_conflict_do_update(
@@ -212,9 +226,8 @@ class StoreBase:
             statement = statement.on_conflict_do_nothing(index_elements=list(conflict))
         if not names:
             self.conn.execute(statement, list(rows))
-            return []
-        result = self.conn.execute(statement.returning(*(table.c[n] for n in names)), list(rows))
-        return [row[0] if len(names) == 1 else tuple(row) for row in result]
+            return None
+        return self.conn.execute(statement.returning(*(table.c[n] for n in names)), list(rows))
 
     def later(self, column: Any, value: datetime | ColumnElement[Any]) -> ColumnElement[Any]:
         """The later of a stored time and an incoming one, so out-of-order messages never move it back."""
