@@ -418,19 +418,18 @@ class Client:
     def _envelope(
         self, kind: type[AnyMessage], message_id: UUID, payload: Callable[[], BaseModel]
     ) -> str | None:
-        message: Message | None = kind(
+        made: Message = kind(
             message_id=message_id,
             workspace_hash=self.workspace_hash,
             job_hash=self.job_hash,
             payload=payload(),
         )
-        if self.before_send is not None and message is not None:
-            message = self.before_send(message)
-            if message is None:
-                with self._lock:
-                    self.dropped_by_hook += 1
-                return None
-        return message.model_dump_json(exclude_none=True) if message is not None else None
+        message = made if self.before_send is None else self.before_send(made)
+        if message is None:
+            with self._lock:
+                self.dropped_by_hook += 1
+            return None
+        return message.model_dump_json(exclude_none=True)
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
