@@ -215,30 +215,15 @@ def _end_to_end(design: str, n: int, producers: int, concurrency: int) -> dict[s
 
 
 def bench_floor(n: int) -> dict[str, float]:
-    from naive_app import INSERT_EXECUTION
+    from naive_app import INSERT_EXECUTION, execution_row
 
     from ostinato.schema.identity import hash_job, hash_workspace
 
     with isolated_environment("floor") as env:
         url = env["OSTINATO_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
         rng = random.Random(3)
-        rows = [
-            (
-                o["execution_id"],
-                hash_workspace("/srv"),
-                hash_job("floor"),
-                i,
-                o["started_at"],
-                o["completed_at"],
-                o["execution_duration"],
-                o["final_status"],
-                o["retry_count"],
-                o["success_without_retry"],
-                o["validation_pass_rate"],
-                o["validation_pass_rate"],
-            )
-            for i, o in enumerate(realistic_outcome(rng, i, []) for i in range(n))
-        ]
+        workspace, job = hash_workspace("/srv"), hash_job("floor")
+        rows = [execution_row(realistic_outcome(rng, i, []), workspace, job, i) for i in range(n)]
         with psycopg.connect(url) as connection:
             start = time.monotonic()
             with connection.cursor() as cursor:

@@ -39,23 +39,27 @@ def connection() -> psycopg.Connection[Any]:
     return _connection[pid]
 
 
+def execution_row(
+    outcome: dict[str, Any], workspace_hash: str, job_hash: str, sheet_num: int
+) -> tuple[Any, ...]:
+    """The parameters of ``INSERT_EXECUTION`` for one outcome (the floor of the benchmark uses them too)."""
+    return (
+        outcome["execution_id"],
+        workspace_hash,
+        job_hash,
+        sheet_num,
+        outcome["started_at"],
+        outcome["completed_at"],
+        outcome["execution_duration"],
+        outcome["final_status"],
+        outcome["retry_count"],
+        outcome["success_without_retry"],
+        outcome["validation_pass_rate"],
+        outcome["validation_pass_rate"],
+    )
+
+
 @app.task(name="naive.insert", shared=False)  # type: ignore[untyped-decorator]
 def insert(envelope: dict[str, Any]) -> None:
-    o = envelope["payload"]
-    connection().execute(
-        INSERT_EXECUTION,
-        (
-            o["execution_id"],
-            envelope["workspace_hash"],
-            envelope["job_hash"],
-            0,
-            o["started_at"],
-            o["completed_at"],
-            o["execution_duration"],
-            o["final_status"],
-            o["retry_count"],
-            o["success_without_retry"],
-            o["validation_pass_rate"],
-            o["validation_pass_rate"],
-        ),
-    )
+    row = execution_row(envelope["payload"], envelope["workspace_hash"], envelope["job_hash"], 0)
+    connection().execute(INSERT_EXECUTION, row)
