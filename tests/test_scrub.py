@@ -17,6 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 from ostinato.needles import NeedleSet
+from ostinato.producers import scrub
 from ostinato.producers.scrub import EMAIL, HOST, IP, PATH, REDACTED, USER, Scrubber, tail
 from ostinato.schema.messages import (
     TAIL_LIMIT,
@@ -640,3 +641,23 @@ def test_needle_set_finds_exactly_the_literals_present() -> None:
     assert needles.found("axb nothing") == frozenset()
     assert needles.found("") == frozenset()
     assert NeedleSet([]).found("anything") == frozenset()
+
+
+def test_ascii_forms_of_the_rules_agree_on_plain_ascii_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain ASCII text runs each rule's ASCII-mode twin; forced onto the Unicode forms, nothing changes."""
+    texts = [raw for raw, _ in RULE_CASES if raw.isascii()] + [BLOB, SHORT_BLOB]
+    assert len(texts) > 40
+    fast = make_scrubber()
+    fast_results = [fast.text(text) for text in texts]
+    monkeypatch.setattr(scrub, "_plain_ascii", lambda text: False)
+    reference = make_scrubber()
+    assert fast_results == [reference.text(text) for text in texts]
+
+
+def test_separator_controls_keep_unicode_rules() -> None:
+    """``\\s`` matches the separators \\x1c-\\x1f only in Unicode mode, so such text is not plain."""
+    assert scrub._plain_ascii("ls /var/log/app/x")
+    assert not scrub._plain_ascii("record\x1efield")
+    assert not scrub._plain_ascii("café")
+    text = "Set-Cookie:\x1fsid=31d4d96e407aad42"
+    assert make_scrubber().text(text) == f"Set-Cookie:\x1f{REDACTED}"

@@ -10,6 +10,7 @@ from kombu.entity import Queue
 
 from ostinato.broker import INGEST_QUEUE, MAINTENANCE_QUEUE, transport_options
 from ostinato.settings import Settings, get_settings
+from ostinato.workers import json_codec
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -70,6 +71,7 @@ def _freeze_startup_heap(**_: object) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+json_codec.install()
 signals.worker_init.connect(_freeze_startup_heap, weak=False)
 signals.worker_process_init.connect(_freeze_startup_heap, weak=False)
 app = create_app()

@@ -19,6 +19,7 @@ from ostinato.workers.celery_app import app
 from ostinato.workers.detection.jobs import detect_sightings
 from ostinato.workers.intake import INFRASTRUCTURE_ERRORS, Intake
 
+DECODED_ONCE = "ostinato.workers.request:DecodedOnceRequest"
 MAX_BACKOFF_SECONDS = 60.0
 MAX_INFRASTRUCTURE_RETRIES = 200
 """With the 60 s cap, a delivery waits about three hours for its database before it is given up."""
@@ -54,7 +55,7 @@ def run_ingest(task: Task, raw: object, expected_kind: str | None) -> dict[str, 
     }
 
 
-@app.task(name=BATCH_TASK, bind=True, shared=False)  # type: ignore[untyped-decorator]
+@app.task(name=BATCH_TASK, bind=True, shared=False, Request=DECODED_ONCE)  # type: ignore[untyped-decorator]
 def ingest_batch(self: Task, envelopes: Any) -> dict[str, int]:
     return run_ingest(self, envelopes, None)
 
@@ -64,7 +65,7 @@ def _kind_task(kind: str) -> Task:
         return run_ingest(self, envelope, kind)
 
     ingest_one.__name__ = f"ingest_{kind}"
-    task: Task = app.task(name=kind_task(kind), bind=True, shared=False)(ingest_one)
+    task: Task = app.task(name=kind_task(kind), bind=True, shared=False, Request=DECODED_ONCE)(ingest_one)
     return task
 
 
