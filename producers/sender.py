@@ -20,7 +20,13 @@ from typing import Any
 import structlog
 from celery import Celery
 
-from ostinato.broker import BATCH_COMPRESSION, BATCH_TASK, INGEST_QUEUE, transport_options
+from ostinato.broker import (
+    BATCH_COMPRESSION,
+    BATCH_TASK,
+    INGEST_QUEUE,
+    transport_options,
+    use_batch_compression_level,
+)
 from ostinato.producers.spool import Batch, Spool, SpoolFull
 from ostinato.settings import Settings, redact_url
 
@@ -46,6 +52,7 @@ _SHARED_LOCK = threading.Lock()
 
 def producer_app(settings: Settings, publish_timeout: float) -> Celery:
     """A send-only Celery app whose publishes give up after about ``publish_timeout`` seconds."""
+    use_batch_compression_level()
     app = Celery("ostinato.producers", set_as_current=False)
     app.conf.update(
         broker_url=settings.broker_url,

@@ -3,27 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from kombu import compression
 from redis_server import RedisServer, TaskMessage, queue_key, queued_messages
 from structlog.testing import capture_logs
 
-from ostinato.broker import BATCH_TASK
-from ostinato.producers.sender import Sender
+from ostinato.broker import BATCH_COMPRESSION, BATCH_COMPRESSION_LEVEL, BATCH_TASK
+from ostinato.producers.sender import Sender, producer_app
 from ostinato.producers.spool import Spool, SpoolFull
 from ostinato.settings import Settings
 
 SHARED_URL = os.environ.get("OSTINATO_BROKER_URL", "redis://127.0.0.1:6379/0")
 SUBMIT_BOUND = 0.05
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
+
+compress: Callable[[bytes, str], tuple[bytes, str]] = compression.compress
 
 
 def envelope(seq: int, source: str = "t", pad: int = 0) -> dict[str, Any]:
@@ -500,3 +510,14 @@ def test_submit_after_close_is_spooled_or_dropped_loudly(tmp_path: Path, private
     assert any(entry["event"] == "envelopes_dropped" for entry in logs)
     with private_redis.client() as client:
         assert client.llen(queue_key(prefix)) == 0
+
+
+def test_producers_compress_batches_at_the_batch_level(tmp_path: Path) -> None:
+    """kombu's zstd compressor runs at level 1 once a sender exists: level 3 output differs."""
+    producer_app(settings_for("redis://127.0.0.1:1/0", "unused:", tmp_path), 1.0)
+    body = json.dumps([[json.dumps(envelope(n, pad=2000)) for n in range(200)], {}, {}]).encode()
+    packed, content_type = compress(body, BATCH_COMPRESSION)
+    assert content_type == "application/zstd"
+    assert packed == zstd.compress(body, BATCH_COMPRESSION_LEVEL)
+    assert packed != zstd.compress(body, 3)
+    assert zstd.decompress(packed) == body
