@@ -28,11 +28,9 @@ TAIL_LIMIT = 4096
 """Output tails are cut to their last 4 KiB (after scrubbing) before they are sent."""
 
 
-def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+Instant = AwareDatetime
+"""A point in time with its UTC offset, as sent (naive times are refused); the store keeps times in UTC and
+every reading of a wall-clock field (an hour of day) converts first."""
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
 Seconds = Annotated[float, Field(ge=0.0, le=30 * 24 * 3600)]
@@ -99,8 +97,8 @@ class SheetOutcome(WireModel):
     sheet_num: Count | None = None
     model: ShortText | None = None
     instrument_name: ShortText | None = None
-    started_at: UtcDatetime
-    completed_at: UtcDatetime | None = None
+    started_at: Instant
+    completed_at: Instant | None = None
     execution_duration: Seconds = 0.0
     retry_count: Count = 0
     completion_mode_used: bool = False
@@ -130,7 +128,7 @@ class PatternApplication(WireModel):
     pattern_id: Name
     execution_id: Name
     pattern_led_to_success: bool
-    applied_at: UtcDatetime
+    applied_at: Instant
     retry_count_before: Count = 0
     retry_count_after: Count = 0
     application_mode: ApplicationMode = "exploitation"
@@ -141,7 +139,7 @@ class PatternApplication(WireModel):
 class PatternReport(WireModel):
     pattern_type: Name
     pattern_name: Name
-    reported_at: UtcDatetime
+    reported_at: Instant
     description: Text | None = None
     context_tags: list[Name] | None = Field(None, max_length=64)
     suggested_action: Text | None = None
@@ -151,10 +149,10 @@ class PatternReport(WireModel):
 
 class RateLimit(WireModel):
     error_code: Name
-    recorded_at: UtcDatetime
+    recorded_at: Instant
     model: ShortText | None = None
     retry_after_seconds: Seconds | None = None
-    reset_at: UtcDatetime | None = None
+    reset_at: Instant | None = None
 
     @model_validator(mode="after")
     def _has_duration(self) -> Self:
@@ -176,7 +174,7 @@ class ErrorRecovery(WireModel):
     suggested_wait: Seconds
     actual_wait: Seconds
     recovery_success: bool
-    recorded_at: UtcDatetime
+    recorded_at: Instant
     model: ShortText | None = None
     time_of_day: Annotated[int, Field(ge=0, le=23)] | None = None
 
@@ -187,7 +185,7 @@ class EscalationDecision(WireModel):
     action: EscalationAction
     validation_pass_rate: Fraction
     retry_count: Count
-    recorded_at: UtcDatetime
+    recorded_at: Instant
     guidance: Text | None = None
     outcome_after_action: EscalationOutcome | None = None
     model: ShortText | None = None
@@ -202,7 +200,7 @@ class EvolutionEntry(WireModel):
     implementation_loc: Count
     test_loc: Count
     loc_accuracy: float
-    recorded_at: UtcDatetime
+    recorded_at: Instant
     research_candidates_resolved: Count = 0
     research_candidates_created: Count = 0
     notes: Text = ""
@@ -213,7 +211,7 @@ class Envelope(WireModel):
 
     message_id: UUID = Field(default_factory=uuid4)
     schema_version: int = SCHEMA_VERSION
-    sent_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    sent_at: Instant = Field(default_factory=lambda: datetime.now(UTC))
     workspace_hash: Hex16
     job_hash: Hex16
 

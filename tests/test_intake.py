@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from messages import outcome
@@ -66,3 +67,21 @@ def test_kind_tasks_accept_only_their_kind(store: Store, kind: str) -> None:
     report = Intake(store, delivery_id=f"d-{kind}", task_name="t")(as_json(outcome(1)), kind)
     expected = (1, 0) if kind == "sheet_outcome" else (0, 1)
     assert (report.applied, report.dead_lettered) == expected
+
+
+def test_times_with_an_offset_are_stored_and_read_as_the_same_instant_in_utc(store: Store) -> None:
+    """A runner in UTC+9 reports 21:00 local: the store keeps 12:00 UTC and buckets the hour as UTC."""
+    tokyo = timezone(timedelta(hours=9))
+    pid = store.record_pattern("semantic_insight", "offset hint", "a runner's hint")
+    started = datetime(2026, 6, 1, 21, 0, tzinfo=tokyo)
+    message = outcome(
+        1, started_at=started, completed_at=started + timedelta(seconds=30), patterns_applied=[pid]
+    )
+    raw = as_json(message)
+    assert raw["payload"]["completed_at"] == "2026-06-01T21:00:30+09:00"  # type: ignore[index]
+    Intake(store, delivery_id="d-offset", task_name="t")([raw])
+    (execution,) = store.get_recent_executions(limit=1)
+    assert execution.completed_at == datetime(2026, 6, 1, 12, 0, 30, tzinfo=UTC)
+    assert execution.completed_at.utcoffset() == timedelta(0)
+    factors = store.get_success_factors(pid)
+    assert factors is not None and factors.time_of_day_bucket == "afternoon"
