@@ -28,7 +28,6 @@ import ipaddress
 import os
 import re
 import socket
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -172,6 +171,8 @@ _CLI_FLAG = re.compile(
 _CLI_FLAG_NEEDLES = ("password", "passwd", "token", "secret", "api-key", "apikey")
 _LONG_HEX = re.compile(r"(?<![A-Za-z0-9])(?:0x)?[0-9A-Fa-f]{32,}(?![A-Za-z0-9])")
 _BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{40,}={0,2}(?![A-Za-z0-9+/_=-])")
+MAX_NEEDLE_COMBINATIONS = 1024
+"""Rule lists kept, one per combination of needles seen; past this many they are worked out afresh."""
 MEMO_LENGTH = 512
 """Strings up to this length are scrubbed once per scrubber and then remembered (up to 4,096 of them)."""
 
@@ -237,6 +238,8 @@ def _sub_in_runs(
 
 def _long_secrets(text: str) -> str:
     """Long hex runs, then random-looking base64 runs (hex first, so a hex key is not judged as base64)."""
+    if len(text) < _MIN_HEX_RUN:
+        return text
     text = _sub_in_runs(text, _HEX_RUNS, _MIN_HEX_RUN, _LONG_HEX, REDACTED)
     return _sub_in_runs(text, _BASE64_RUNS, _MIN_BASE64_RUN, _BASE64_RUN, _base64)
 
@@ -629,11 +632,7 @@ class Scrubber:
             rules.append(_regex_rule(user_pattern, USER, (private_user.lower(),)))
         self._rules: tuple[_Rule, ...] = tuple(rules)
         self._needles = NeedleSet(needle for rule in rules for needle in rule.needles)
-        self._unconditional = tuple(index for index, rule in enumerate(rules) if not rule.needles)
-        self._rules_by_needle: dict[str, list[int]] = defaultdict(list)
-        for index, rule in enumerate(rules):
-            for needle in rule.needles:
-                self._rules_by_needle[needle].append(index)
+        self._rule_lists: dict[frozenset[str], tuple[tuple[_Rule, tuple[str, ...]], ...]] = {}
 
     def add_rule(self, pattern: str | re.Pattern[str], replacement: str) -> None:
         """Add a runner-specific rule; runner rules run first, on the raw text, in the order added.
@@ -663,17 +662,13 @@ class Scrubber:
         # now; a needle found there is looked for again in the current text before its rule runs.
         lowered = value.lower()
         found = self._needles.found(lowered)
-        due = set(self._unconditional)
-        for needle in found:
-            due.update(self._rules_by_needle[needle])
         stale = False
         # Replacements are ASCII tokens, so plain ASCII text stays plain ASCII.
         plain = _plain_ascii(value)
-        for index in sorted(due):
-            rule = self._rules[index]
-            if stale and rule.needles:
+        for rule, needed in self._rules_for(found):
+            if stale and needed:
                 lowered, stale = value.lower(), False
-                if not any(needle in lowered for needle in found.intersection(rule.needles)):
+                if not any(needle in lowered for needle in needed):
                     continue
             if rule.gate is not None and not rule.gate(value):
                 continue
@@ -681,6 +676,23 @@ class Scrubber:
             if scrubbed != value:
                 value, stale = scrubbed, True
         return value
+
+    def _rules_for(self, found: frozenset[str]) -> tuple[tuple[_Rule, tuple[str, ...]], ...]:
+        """The rules a text holding the needles ``found`` needs, in order, each with the needles it needs.
+
+        Texts hold few distinct combinations of needles, so each combination is worked out once.
+        """
+        run = self._rule_lists.get(found)
+        if run is None:
+            run = tuple(
+                (rule, tuple(sorted(found.intersection(rule.needles))))
+                for rule in self._rules
+                if not rule.needles or not found.isdisjoint(rule.needles)
+            )
+            if len(self._rule_lists) >= MAX_NEEDLE_COMBINATIONS:
+                self._rule_lists.clear()
+            self._rule_lists[found] = run
+        return run
 
     def tail(self, value: str, limit: int = TAIL_LIMIT) -> str:
         """Scrub, then keep the last ``limit`` characters (scrubbing can lengthen text, so cut after)."""
@@ -697,6 +709,8 @@ class Scrubber:
         updates: dict[str, Any] = {}
         for plan in _plan(type(model)):
             current = getattr(model, plan.name)
+            if not current:  # None, "", an empty list or dict: nothing to scrub
+                continue
             scrubbed = self._value(current, plan)
             if scrubbed is not current and scrubbed != current:
                 updates[plan.name] = scrubbed
