@@ -27,7 +27,7 @@ from ostinato.workers.detection.guidance import (
 )
 from ostinato.workers.detection.matching import match, score
 from ostinato.workers.detection.merging import merge_with_conflict_resolution
-from ostinato.workers.detection.output import extract_output_patterns, summarize
+from ostinato.workers.detection.output import extract_output_patterns, signature_names, summarize
 from ostinato.workers.detection.reasons import normalize_failure_reason
 
 TOL = 1e-6
@@ -365,6 +365,31 @@ def test_extractor_blank_input(text: str) -> None:
 )
 def test_extractor_word_boundaries(text: str, name: str, hit: bool) -> None:
     assert (name in summarize(extract_output_patterns(text))) is hit
+
+
+def test_caseless_signatures_match_any_case_and_keep_their_lines() -> None:
+    """Lower-casing "İ" lengthens the text; hits still land on the right line, with the original context."""
+    text = "İstanbul İİİ\nCONNECTION REFUSED by ModuleNotFoundError\ntraceback (MOST RECENT call last)"
+    hits = extract_output_patterns(text)
+    assert [(h.name, h.line) for h in hits] == [("import_error", 2), ("connection_refused", 2)]
+    assert hits[0].context_before == ("İstanbul İİİ",)
+    assert hits[0].context_after == ("traceback (MOST RECENT call last)",)
+    (same_line,) = extract_output_patterns("İ" * 20 + " RATE LIMIT\nnext line")
+    assert (same_line.name, same_line.line, same_line.context_after) == ("rate_limit", 1, ("next line",))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ImportError: x\nImportError: y\ntimed out\nok",
+        "Traceback (most recent call last):\nTimeoutError: timed out",
+        "a\nb\nRate limit; HTTP 429 then 503\nPermission denied (EACCES)\n",
+        "nothing to see here",
+    ],
+)
+def test_signature_names_are_the_names_of_the_hits(text: str) -> None:
+    assert signature_names(text) == [hit.name for hit in extract_output_patterns(text)]
+    assert signature_names(text) or text == "nothing to see here"
 
 
 def test_summary_and_output_patterns() -> None:

@@ -15,7 +15,7 @@ from datetime import datetime
 from ostinato.schema.identity import hash16, normalize_pattern_name, pattern_id
 from ostinato.schema.messages import SheetOutcome
 from ostinato.schema.records import PatternType, QuarantineStatus
-from ostinato.workers.detection.output import extract_output_patterns
+from ostinato.workers.detection.output import signature_names
 from ostinato.workers.detection.reasons import normalize_failure_reason
 
 MIN_PATTERN_FREQUENCY = 2
@@ -231,7 +231,7 @@ def evidence(outcome: SheetOutcome) -> list[Evidence]:
         Evidence(f"error_category:{code[:3]}x") for code in codes if code.startswith("E") and len(code) >= 3
     ]
     for tail in (outcome.stdout_tail, outcome.stderr_tail):
-        items += [Evidence(f"output_pattern:{hit.name}") for hit in extract_output_patterns(tail)]
+        items += [Evidence(f"output_pattern:{name}") for name in signature_names(tail)]
     return items
 
 
