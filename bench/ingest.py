@@ -1,23 +1,27 @@
 """Ingest throughput: producer → Redis → Celery worker → PostgreSQL, next to two baselines.
 
-    python bench/ingest.py [--outcomes 20000] [--naive 3000] [--concurrency 2] [--producers 2]
+    python bench/ingest.py [--outcomes 20000] [--naive 3000] [--rounds 3] [--concurrency 2] [--producers 2]
 
 Prints end-to-end outcomes/s and publish calls/s for ostinato, the naive design (one Celery task and one
 INSERT per message) and the floor (psycopg ``executemany`` of the same execution rows in one transaction),
 all measured in the same run on this machine. Both designs publish from the same number of runner processes
 (``--producers``), as a fleet of runners would. A second table gives the CPU time producers, workers,
 PostgreSQL and Redis spent per outcome during the end-to-end run.
+
+The end-to-end runs alternate between the two designs over ``--rounds`` rounds (ostinato first in odd rounds,
+the naive design first in even ones), because a shared virtual machine's speed drifts by tens of percent
+within minutes: each round's ratio compares runs a few seconds apart, and the run reports the median round
+next to every round's figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import math
 import multiprocessing
 import random
+import statistics
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -129,18 +133,6 @@ def publish_share(design: str, share: int, seed: int, ready: Any, go: Any, resul
     results.put((share / (published - start), time.process_time() - cpu))
 
 
-def run_design(design: str, n: int, producers: int, concurrency: int) -> dict[str, float]:
-    """End to end (workers running while producers publish), then drain (all queued before workers start).
-
-    End to end runs from the moment all producers start publishing until the store holds all ``n``. Drain
-    runs from the first to the last message applied, with the whole backlog already in Redis: the workers'
-    rate alone, as SPEC.md §6b quotes the naive design's.
-    """
-    figures = _end_to_end(design, n, producers, concurrency)
-    figures["drain"] = _drain(design, n, producers, concurrency)
-    return figures
-
-
 def _start_producers(design: str, n: int, producers: int) -> tuple[list[Any], Any, Any, int]:
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()
@@ -214,7 +206,8 @@ def _end_to_end(design: str, n: int, producers: int, concurrency: int) -> dict[s
         }
 
 
-def bench_floor(n: int) -> dict[str, float]:
+def bench_floor(n: int) -> float:
+    """Execution rows per second through psycopg's ``executemany`` in one transaction."""
     from naive_app import INSERT_EXECUTION, execution_row
 
     from ostinato.schema.identity import hash_job, hash_workspace
@@ -230,7 +223,30 @@ def bench_floor(n: int) -> dict[str, float]:
                 cursor.executemany(INSERT_EXECUTION, rows)
             connection.commit()
             seconds = time.monotonic() - start
-        return {"seconds": seconds, "per_second": n / seconds, "calls": float("nan")}
+        return n / seconds
+
+
+def run_rounds(args: argparse.Namespace) -> list[dict[str, dict[str, float]]]:
+    """End-to-end figures of both designs, round by round, alternating which design goes first."""
+    sizes = {"ostinato": args.outcomes, "naive": args.naive}
+    rounds = []
+    for index in range(args.rounds):
+        order = ("ostinato", "naive") if index % 2 == 0 else ("naive", "ostinato")
+        figures = {
+            design: _end_to_end(design, sizes[design], args.producers, args.concurrency) for design in order
+        }
+        ratio = figures["ostinato"]["per_second"] / figures["naive"]["per_second"]
+        Console().print(
+            f"round {index + 1}: ostinato {figures['ostinato']['per_second']:,.0f}/s, "
+            f"naive {figures['naive']['per_second']:,.0f}/s, {ratio:.1f}×"
+        )
+        rounds.append(figures)
+    return rounds
+
+
+def median_figures(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def main() -> None:
@@ -239,52 +255,48 @@ def main() -> None:
     )
     parser.add_argument("--outcomes", type=int, default=20_000)
     parser.add_argument("--naive", type=int, default=3_000)
+    parser.add_argument("--rounds", type=int, default=3, help="end-to-end rounds of both designs")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
     parser.add_argument("--producers", type=int, default=2, help="runner processes publishing at once")
     args = parser.parse_args()
 
     console = Console(width=200)
-    runs: list[tuple[str, int, Callable[[], dict[str, float]]]] = [
-        (
-            "ostinato (producer → Redis → batch ingest)",
-            args.outcomes,
-            lambda: run_design("ostinato", args.outcomes, args.producers, args.concurrency),
-        ),
-        (
-            "naive (one task + one INSERT per message)",
-            args.naive,
-            lambda: run_design("naive", args.naive, args.producers, args.concurrency),
-        ),
-        ("floor (psycopg executemany, one transaction)", args.outcomes, lambda: bench_floor(args.outcomes)),
-    ]
-    table = Table(
-        "design", "messages", "seconds", "end to end /s", "drain /s", "publish calls/s", title="ingest"
-    )
-    results = []
-    for name, n, run in runs:
-        figures = run()
-        results.append(figures)
-        console.print(f"{name}: {figures['per_second']:,.0f}/s end to end")
-        calls, drain = figures["calls"], figures.get("drain", math.nan)
+    rounds = run_rounds(args)
+    ratios = [r["ostinato"]["per_second"] / r["naive"]["per_second"] for r in rounds]
+    names = {
+        "ostinato": "ostinato (producer → Redis → batch ingest)",
+        "naive": "naive (one task + one INSERT per message)",
+    }
+    sizes = {"ostinato": args.outcomes, "naive": args.naive}
+    results = {design: median_figures([r[design] for r in rounds]) for design in names}
+    for design in names:
+        results[design]["drain"] = _drain(design, sizes[design], args.producers, args.concurrency)
+    floor = bench_floor(args.outcomes)
+
+    columns = ("design", "messages", "end to end /s", "drain /s", "publish calls/s")
+    table = Table(*columns, title="ingest (end to end: median of rounds)")
+    for design, name in names.items():
+        figures = results[design]
         table.add_row(
             name,
-            str(n),
-            f"{figures['seconds']:.2f}",
+            str(sizes[design]),
             f"{figures['per_second']:,.0f}",
-            "—" if math.isnan(drain) else f"{drain:,.0f}",
-            "—" if math.isnan(calls) else f"{calls:,.0f}",
+            f"{figures['drain']:,.0f}",
+            f"{figures['calls']:,.0f}",
         )
-    console.print(table)
-    ostinato, naive = results[0], results[1]
-    cpu = Table(
-        "design", *(f"{part} µs" for part in CPU_PARTS), "total µs", title="CPU per outcome (end to end)"
+    table.add_row(
+        "floor (psycopg executemany, one transaction)", str(args.outcomes), f"{floor:,.0f}", "—", "—"
     )
-    for (name, _, _), figures in zip(runs[:2], results[:2], strict=True):
-        parts = [figures[f"cpu_{part}"] * 1e6 for part in CPU_PARTS]
+    console.print(table)
+    parts_header = [f"{part} µs" for part in CPU_PARTS]
+    cpu = Table("design", *parts_header, "total µs", title="CPU per outcome (end to end, median of rounds)")
+    for design, name in names.items():
+        parts = [results[design][f"cpu_{part}"] * 1e6 for part in CPU_PARTS]
         cpu.add_row(name, *(f"{value:,.0f}" for value in parts), f"{sum(parts):,.0f}")
     console.print(cpu)
-    console.print(f"ostinato / naive, end to end: {ostinato['per_second'] / naive['per_second']:.1f}×")
-    console.print(f"ostinato / naive, drain: {ostinato['drain'] / naive['drain']:.1f}×")
+    each = ", ".join(f"{ratio:.1f}×" for ratio in ratios)
+    console.print(f"ostinato / naive, end to end: {statistics.median(ratios):.1f}× (median; rounds: {each})")
+    console.print(f"ostinato / naive, drain: {results['ostinato']['drain'] / results['naive']['drain']:.1f}×")
 
 
 if __name__ == "__main__":
