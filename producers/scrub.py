@@ -258,6 +258,10 @@ _EMAIL_LOCAL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 # are what "connection refused on 127.0.0.1:6379" is about. A bare "1.2.3.4" version IS taken for an address.
 _IPV6_REST = re.compile(r":[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]*(?:\.\d{1,3}){0,3}(?:%[\w.]+)?")
 _IPV4_REST = re.compile(r"\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w]|\.\d)")
+# Where the rest of an address starts: "." before a digit, ":" before a hex digit or another ":" (lower case,
+# as needles are looked for in the lower-cased text). Most "." and ":" in output are punctuation.
+_IPV4_NEEDLES = tuple(f".{digit}" for digit in "0123456789")
+_IPV6_NEEDLES = (*(f":{digit}" for digit in "0123456789abcdef"), "::")
 _DIGITS = frozenset("0123456789")
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 # Names under private top-level domains (AWS ``ip-10-0-0-5.ec2.internal``, ``db1.prod.corp``). Lower case
@@ -602,8 +606,8 @@ class Scrubber:
             _regex_rule(_CLI_FLAG, rf"-\1{REDACTED}", _CLI_FLAG_NEEDLES),
             _Rule(_long_secrets),
             _Rule(_back_rule(_EMAIL_DOMAIN, _EMAIL_LOCAL, 256, _email), ("@",)),
-            _Rule(_back_rule(_IPV6_REST, _HEX_DIGITS, 4, _ipv6), (":",)),
-            _Rule(_back_rule(_IPV4_REST, _DIGITS, 3, _ipv4), (".",)),
+            _Rule(_back_rule(_IPV6_REST, _HEX_DIGITS, 4, _ipv6), _IPV6_NEEDLES),
+            _Rule(_back_rule(_IPV4_REST, _DIGITS, 3, _ipv4), _IPV4_NEEDLES),
         ]
         if hosts:
             # The machine's own names, with any domain written after the short name.
