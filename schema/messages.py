@@ -38,6 +38,8 @@ Hex16 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 NO_NUL = r"^[^\x00]*$"
 """PostgreSQL text cannot hold NUL, so it is refused here with a clear reason."""
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+Status = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL, to_lower=True)]
+"""A sheet's final status, in lower case however the runner spells it."""
 ShortText = Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)]
 Text = Annotated[str, StringConstraints(max_length=TAIL_LIMIT, pattern=NO_NUL)]
 
@@ -102,7 +104,7 @@ class SheetOutcome(WireModel):
     execution_duration: Seconds = 0.0
     retry_count: Count = 0
     completion_mode_used: bool = False
-    final_status: Name = "completed"
+    final_status: Status = "completed"
     validation_results: list[ValidationResult] = Field(default_factory=list, max_length=256)
     validation_pass_rate: Fraction = 0.0
     success_without_retry: bool = False
@@ -117,11 +119,6 @@ class SheetOutcome(WireModel):
     grounding_confidence: Fraction | None = None
     grounding_guidance: Text | None = None
     success_context: SuccessContext | None = None
-
-    @field_validator("final_status")
-    @classmethod
-    def _lower_status(cls, value: str) -> str:
-        return value.lower()
 
 
 class PatternApplication(WireModel):

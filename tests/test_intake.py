@@ -85,3 +85,11 @@ def test_times_with_an_offset_are_stored_and_read_as_the_same_instant_in_utc(sto
     assert execution.completed_at.utcoffset() == timedelta(0)
     factors = store.get_success_factors(pid)
     assert factors is not None and factors.time_of_day_bucket == "afternoon"
+
+
+def test_final_status_is_kept_in_lower_case(store: Store) -> None:
+    raw = as_json(outcome(1))
+    raw["payload"]["final_status"] = "FAILED"  # type: ignore[index]
+    Intake(store, delivery_id="d-status", task_name="t")([raw])
+    (execution,) = store.get_recent_executions(limit=1)
+    assert execution.status == "failed"
