@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from uuid import RFC_4122, UUID
+
 import pytest
 from conftest import START, Clock
 from sqlalchemy import func, select, update
@@ -10,6 +13,8 @@ from ostinato.schema.identity import content_hash, hash_job, pattern_id
 from ostinato.schema.records import PatternRecord, QuarantineStatus
 from ostinato.schema.tables import pattern_applications, patterns
 from ostinato.workers.store import Store, formulas
+from ostinato.workers.store.base import new_id
+from ostinato.workers.store.patterns import PatternSighting
 
 TOL = 1e-6
 
@@ -289,3 +294,49 @@ def test_recalculating_every_priority_works_past_sqlites_compound_select_limit(s
         stored = get(store, pid).effectiveness_score
         assert stored == pytest.approx(0.55, abs=TOL)
         assert store.update_pattern_effectiveness(pid) == pytest.approx(stored, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"description": "new words", "suggested_action": "do this", "context_tags": ["a", "b"], "count": 3},
+        {"description": None, "suggested_action": None, "context_tags": None, "count": 1},
+        {"description": "older", "context_tags": [], "seen_at": START - timedelta(days=2)},
+    ],
+)
+def test_add_sightings_does_what_upsert_does_for_an_existing_pattern(
+    store: Store, change: dict[str, object]
+) -> None:
+    """One statement for a batch of known patterns, with the effect of one upsert each."""
+    first = {"description": "old words", "suggested_action": "old", "context_tags": ["x"], "seen_at": START}
+    upserted = store.record_pattern("semantic_failure", "by upsert", **first)  # type: ignore[arg-type]
+    batched = store.record_pattern("semantic_failure", "in a batch", **first)  # type: ignore[arg-type]
+    sighting = {"seen_at": START + timedelta(hours=1), **change}
+
+    def by_upsert() -> None:
+        store.upsert_pattern(PatternSighting("semantic_failure", "by upsert", **sighting))  # type: ignore[arg-type]
+
+    def in_a_batch() -> None:
+        store.lock_patterns([batched])
+        store.add_sightings([PatternSighting("semantic_failure", "in a batch", **sighting)])  # type: ignore[arg-type]
+
+    store.run(by_upsert)
+    store.run(in_a_batch)
+    one, many = store.get_pattern_by_id(upserted), store.get_pattern_by_id(batched)
+    assert one is not None and many is not None
+    differ = {"id", "pattern_name", "content_hash"}
+    assert one.model_dump(exclude=differ) == many.model_dump(exclude=differ)
+    assert one.occurrence_count == 1 + int(change.get("count", 1))  # type: ignore[call-overload]
+    if change.get("description") is not None:
+        assert many.content_hash == content_hash("semantic_failure", "in a batch", str(change["description"]))
+    else:
+        assert many.content_hash == content_hash("semantic_failure", "in a batch", "old words")
+
+
+def test_new_ids_are_canonical_random_uuids() -> None:
+    ids = [new_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:1000]:
+        parsed = UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, RFC_4122)
+    assert {text[19] for text in ids} == set("89ab")

@@ -114,8 +114,11 @@ def _apply(store: Store, messages: Sequence[Message], detector: Detector | None,
     applications = [a for m in outcomes for a in _outcome_applications(m)]
     applications += [_application(m) for m in batch.applications]
     combined = _combine(sightings)
-    store.lock_patterns([s.id for s in combined] + [a.pattern_id for a in applications])
+    known = set(store.lock_patterns([s.id for s in combined] + [a.pattern_id for a in applications]))
+    store.add_sightings([s for s in combined if s.id in known])
     for sighting in combined:
+        if sighting.id in known:
+            continue
         result = store.upsert_pattern(sighting)
         if result.created:
             report.discoveries.append(
@@ -214,14 +217,20 @@ def _execution(message: SheetOutcomeMessage) -> ExecutionInput:
 def _outcome_applications(message: SheetOutcomeMessage) -> list[ApplicationInput]:
     """An outcome's applied patterns succeeded only if every validation passed on the first attempt."""
     o = message.payload
+    if not o.patterns_applied:
+        return []
     passed = o.validation_pass_rate >= 1.0
+    led_to_success = passed and o.success_without_retry
+    applied_at = o.completed_at or message.sent_at
+    execution_id = str(o.execution_id)
+    retries = 0 if o.success_without_retry else max(1, o.retry_count)
     return [
         ApplicationInput(
             pattern_id=pid,
-            pattern_led_to_success=passed and o.success_without_retry,
-            applied_at=o.completed_at or message.sent_at,
-            execution_id=str(o.execution_id),
-            retry_count_after=0 if o.success_without_retry else max(1, o.retry_count),
+            pattern_led_to_success=led_to_success,
+            applied_at=applied_at,
+            execution_id=execution_id,
+            retry_count_after=retries,
             grounding_confidence=o.grounding_confidence,
             validation_passed=passed,
         )
@@ -296,21 +305,20 @@ def _latest(values: Sequence[T | None]) -> T | None:
 def _success_observations(message: SheetOutcomeMessage) -> list[FactorObservation]:
     """Why each applied pattern worked, for the outcomes where it did (upstream's E.3.b)."""
     o = message.payload
-    if not (o.validation_pass_rate >= 1.0 and o.success_without_retry):
+    if not (o.patterns_applied and o.validation_pass_rate >= 1.0 and o.success_without_retry):
         return []
     context = o.success_context
-    return [
-        observation(
-            pid,
-            o.completed_at or message.sent_at,
-            validation_types=sorted({v.validation_type for v in o.validation_results}),
-            prior_sheet_status=context.prior_sheet_status if context else None,
-            retry_iteration=o.retry_count,
-            escalation_was_pending=context.escalation_was_pending if context else False,
-            grounding_confidence=o.grounding_confidence,
-        )
-        for pid in dict.fromkeys(o.patterns_applied)
-    ]
+    first, *others = dict.fromkeys(o.patterns_applied)
+    seen = observation(
+        first,
+        o.completed_at or message.sent_at,
+        validation_types=sorted({v.validation_type for v in o.validation_results}),
+        prior_sheet_status=context.prior_sheet_status if context else None,
+        retry_iteration=o.retry_count,
+        escalation_was_pending=context.escalation_was_pending if context else False,
+        grounding_confidence=o.grounding_confidence,
+    )
+    return [seen, *(FactorObservation(pid, seen.observed, seen.at) for pid in others)]  # one context, shared
 
 
 def _record_evolution(store: Store, message: EvolutionEntryMessage) -> int:

@@ -8,9 +8,9 @@ unit of work on deadlocks and serialization failures, which is why the unit is a
 from __future__ import annotations
 
 import functools
+import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -51,7 +51,14 @@ def utcnow() -> datetime:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random UUID (version 4) in its usual text form.
+
+    Built from the random bytes directly: ``str(uuid.uuid4())`` spends most of its ~6 µs on the UUID
+    object, and ingest makes one id per pattern application.
+    """
+    digits = os.urandom(16).hex()
+    variant = "89ab"[int(digits[16], 16) & 3]
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
 
 
 def create_store_engine(url: str, **kwargs: Any) -> Engine:

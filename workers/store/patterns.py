@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import structlog
 from sqlalchemy import (
     Row,
+    Text,
     and_,
     bindparam,
     case,
@@ -190,6 +191,51 @@ class PatternsMixin(StoreBase):
             return UpsertResult(pid, created=True)
         self._update_returning(patterns.c.id == pid, by_id)
         return UpsertResult(pid, created=False)
+
+    def add_sightings(self, sightings: Sequence[PatternSighting]) -> None:
+        """What ``upsert_pattern`` does when the id matches, for many patterns in one statement.
+
+        The patterns must exist and be locked by this transaction (``lock_patterns``). A field the sighting
+        leaves None keeps its stored value, as in ``upsert_pattern``.
+        """
+        if not sightings:
+            return
+        seen_at = bindparam("b_seen", type_=UTCDateTime())
+        statement = (
+            update(patterns)
+            .where(patterns.c.id == bindparam("b_id"))
+            .values(
+                occurrence_count=patterns.c.occurrence_count + bindparam("b_count"),
+                last_seen=self.later(patterns.c.last_seen, seen_at),
+                first_seen=self.earlier(patterns.c.first_seen, seen_at),
+                active=True,
+                description=func.coalesce(bindparam("b_description", type_=Text()), patterns.c.description),
+                content_hash=func.coalesce(bindparam("b_digest", type_=Text()), patterns.c.content_hash),
+                suggested_action=func.coalesce(
+                    bindparam("b_action", type_=Text()), patterns.c.suggested_action
+                ),
+                context_tags=func.coalesce(
+                    bindparam("b_tags", type_=patterns.c.context_tags.type), patterns.c.context_tags
+                ),
+            )
+        )
+        self.conn.execute(
+            statement,
+            [
+                {
+                    "b_id": s.id,
+                    "b_count": s.count,
+                    "b_seen": s.seen_at,
+                    "b_description": s.description,
+                    "b_digest": None
+                    if s.description is None
+                    else content_hash(s.pattern_type, s.pattern_name, s.description),
+                    "b_action": s.suggested_action,
+                    "b_tags": None if s.context_tags is None else list(s.context_tags),
+                }
+                for s in sightings
+            ],
+        )
 
     def _update_returning(self, where: ColumnElement[bool], values: dict[str, Any]) -> str | None:
         found = self.conn.execute(
