@@ -173,6 +173,16 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
+@functools.lru_cache(maxsize=1024)
+def _matchers_for(present: frozenset[str]) -> tuple[tuple[Matcher, re.Pattern[str], bool], ...]:
+    """The matchers a text holding the needles ``present`` needs: (matcher, what runs, caseless)."""
+    return tuple(
+        (matcher, matcher.scan, matcher.scan is not matcher.pattern)
+        for matcher in OUTPUT_MATCHERS
+        if not present.isdisjoint(matcher.needles)
+    )
+
+
 def _signature_lines(text: str) -> list[tuple[Matcher, int]]:
     """Each (signature, 1-based line) found in ``text`` once, by line, then in the order of the matchers."""
     if not text or not text.strip():
@@ -184,12 +194,9 @@ def _signature_lines(text: str) -> list[tuple[Matcher, int]]:
     found: list[tuple[Matcher, int]] = []
     seen: set[tuple[str, int]] = set()
     newlines: dict[bool, list[int]] = {}
-    for matcher in OUTPUT_MATCHERS:
-        if present.isdisjoint(matcher.needles):
-            continue
-        caseless = matcher.scan is not matcher.pattern
+    for matcher, scan, caseless in _matchers_for(present):
         searched = lowered if caseless else text  # lower-casing can change lengths, never line breaks
-        for match in matcher.scan.finditer(searched):
+        for match in scan.finditer(searched):
             if caseless not in newlines:
                 newlines[caseless] = [newline.start() for newline in _NEWLINE.finditer(searched)]
             line = bisect.bisect_left(newlines[caseless], match.start()) + 1
