@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ from conftest import Clock
 
 from ostinato.schema.records import SuccessFactors
 from ostinato.workers.store import Store
-from ostinato.workers.store.success_factors import time_of_day_bucket
+from ostinato.workers.store.success_factors import FactorObservation, observation, time_of_day_bucket
 
 
 def test_first_update_creates_and_second_merges(store: Store) -> None:
@@ -218,3 +219,53 @@ def test_concurrent_updates_keep_every_observation(pg_store: Store) -> None:
     assert factors is not None
     assert factors.occurrence_count == 40
     assert factors.validation_types == [f"type-{n}" for n in range(8)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_batch_folds_as_its_observations_would_one_at_a_time(store: Store, seed: int) -> None:
+    """One batch of observations, some older than the stored factors, against the same ones in time order."""
+    rng = random.Random(seed)
+    middle = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    one_by_one = store.record_pattern("semantic_insight", f"one by one {seed}")
+    batched = store.record_pattern("semantic_insight", f"batched {seed}")
+    for pid in (one_by_one, batched):
+        for led_to_success in (True, True, True, False):
+            store.record_pattern_application(pid, "sheet_1", led_to_success)
+        store.record_success_factors([observation(pid, middle, ["file"], prior_sheet_status="completed")])
+
+    def observed(pid: str, at: datetime) -> FactorObservation:
+        return observation(
+            pid,
+            at,
+            validation_types=rng.sample(["file", "regex", "command"], rng.randint(0, 2)),
+            error_categories=rng.sample(["timeout", "auth"], rng.randint(0, 1)),
+            prior_sheet_status=rng.choice([None, "completed", "failed"]),
+            retry_iteration=rng.randint(0, 3),
+            escalation_was_pending=rng.random() < 0.5,
+            grounding_confidence=rng.choice([None, 0.3, 0.9]),
+        )
+
+    times = sorted(middle + timedelta(minutes=rng.randint(-600, 600)) for _ in range(12))
+    seen = [observed(batched, at) for at in times]
+    for item in seen:
+        store.record_success_factors([FactorObservation(one_by_one, item.observed, item.at)])
+    store.record_success_factors(list(reversed(seen)))  # the store sorts a batch by time itself
+    assert store.get_success_factors(batched) == store.get_success_factors(one_by_one)
+    factors = store.get_success_factors(batched)
+    assert factors is not None and factors.occurrence_count == 13
+    assert factors.success_rate == pytest.approx(0.75)
+
+
+def test_a_batch_keeps_the_newer_stored_context_against_its_older_observations(store: Store) -> None:
+    middle = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    pid = store.record_pattern("semantic_insight", "older in a batch")
+    store.record_success_factors([observation(pid, middle, ["file"], prior_sheet_status="completed")])
+    hour = timedelta(hours=1)
+    late = observation(pid, middle - hour, prior_sheet_status="failed", grounding_confidence=0.3)
+    newer = observation(pid, middle + hour, ["regex"], retry_iteration=2)
+    store.record_success_factors([newer, late])
+    factors = store.get_success_factors(pid)
+    assert factors is not None
+    context = (factors.prior_sheet_status, factors.grounding_confidence, factors.retry_iteration)
+    assert context == ("completed", None, 2)
+    assert (factors.occurrence_count, factors.validation_types) == (3, ["file", "regex"])

@@ -40,30 +40,49 @@ def _union(stored: list[str], incoming: list[str]) -> list[str]:
     return sorted(set(stored) | set(incoming)) if incoming else stored
 
 
-def merge_factors(
-    stored: SuccessFactors, observed: SuccessFactors, *, newer: bool, successes: int, failures: int
-) -> SuccessFactors:
-    """Fold one observation into stored factors.
+def fold_factors(
+    stored: SuccessFactors | None,
+    seen: Sequence[FactorObservation],
+    stamped: datetime | None,
+    *,
+    successes: int,
+    failures: int,
+) -> tuple[SuccessFactors, datetime]:
+    """Fold observations (oldest first) into stored factors; returns them and the new stamp.
 
-    Counts and tag sets combine whatever the order; the replaced fields take the observation only when it
-    is not older than the stored factors, so a late message never overwrites a newer context.
+    The same result as merging them one at a time, with one copy. Counts and tag sets combine whatever the
+    order; the context fields take the newest observation not older than the stored factors, so a late
+    message never overwrites a newer context. Observations are sorted, so the ones not older than the
+    stamp are the last ones.
     """
+    if stored is None:
+        stored, stamped, seen = seen[0].observed, seen[0].at, seen[1:]
+    if not seen:
+        assert stamped is not None
+        return stored, stamped
     applications = successes + failures
+    validation_types = [kind for o in seen for kind in o.observed.validation_types]
+    error_categories = [category for o in seen for category in o.observed.error_categories]
     changes: dict[str, Any] = {
-        "occurrence_count": stored.occurrence_count + 1,
-        "validation_types": _union(stored.validation_types, observed.validation_types),
-        "error_categories": _union(stored.error_categories, observed.error_categories),
+        "occurrence_count": stored.occurrence_count + len(seen),
+        "validation_types": _union(stored.validation_types, validation_types),
+        "error_categories": _union(stored.error_categories, error_categories),
         "success_rate": successes / applications if applications else stored.success_rate,
     }
+    newer = [o.observed for o in seen if stamped is None or o.at >= stamped]
     if newer:
-        changes["time_of_day_bucket"] = observed.time_of_day_bucket
-        changes["retry_iteration"] = observed.retry_iteration
-        changes["escalation_was_pending"] = observed.escalation_was_pending
-        if observed.prior_sheet_status is not None:
-            changes["prior_sheet_status"] = observed.prior_sheet_status
-        if observed.grounding_confidence is not None:
-            changes["grounding_confidence"] = observed.grounding_confidence
-    return stored.model_copy(update=changes)
+        newest = newer[-1]
+        changes["time_of_day_bucket"] = newest.time_of_day_bucket
+        changes["retry_iteration"] = newest.retry_iteration
+        changes["escalation_was_pending"] = newest.escalation_was_pending
+        statuses = [o.prior_sheet_status for o in newer if o.prior_sheet_status is not None]
+        if statuses:
+            changes["prior_sheet_status"] = statuses[-1]
+        groundings = [o.grounding_confidence for o in newer if o.grounding_confidence is not None]
+        if groundings:
+            changes["grounding_confidence"] = groundings[-1]
+    newest_at = seen[-1].at
+    return stored.model_copy(update=changes), newest_at if stamped is None else max(stamped, newest_at)
 
 
 def _summary(factors: SuccessFactors) -> str:
@@ -226,7 +245,13 @@ class SuccessFactorsMixin(PatternsMixin):
         stored: dict[str, SuccessFactors] = {}
         updates: list[dict[str, Any]] = []
         for row in rows:
-            factors, stamped = self._fold(row, sorted(by_pattern[row.id], key=lambda o: o.at))
+            factors, stamped = fold_factors(
+                None if row.success_factors is None else SuccessFactors.model_validate(row.success_factors),
+                sorted(by_pattern[row.id], key=lambda o: o.at),
+                row.success_factors_updated_at,
+                successes=row.led_to_success_count,
+                failures=row.led_to_failure_count,
+            )
             stored[row.id] = factors
             updates.append(
                 {"b_id": row.id, "b_factors": factors.model_dump(mode="json"), "b_stamped": stamped}
@@ -242,28 +267,6 @@ class SuccessFactorsMixin(PatternsMixin):
                 updates,
             )
         return stored
-
-    @staticmethod
-    def _fold(row: Any, seen: list[FactorObservation]) -> tuple[SuccessFactors, datetime]:
-        """Merge observations (oldest first) into the row's factors; returns them and the new stamp."""
-        factors: SuccessFactors | None = (
-            None if row.success_factors is None else SuccessFactors.model_validate(row.success_factors)
-        )
-        stamped: datetime | None = row.success_factors_updated_at
-        for item in seen:
-            if factors is None:
-                factors = item.observed
-            else:
-                factors = merge_factors(
-                    factors,
-                    item.observed,
-                    newer=stamped is None or item.at >= stamped,
-                    successes=row.led_to_success_count,
-                    failures=row.led_to_failure_count,
-                )
-            stamped = item.at if stamped is None else max(stamped, item.at)
-        assert factors is not None and stamped is not None
-        return factors, stamped
 
     @transactional
     def get_success_factors(self, pattern_id: str) -> SuccessFactors | None:
