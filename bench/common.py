@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,12 +32,13 @@ def isolated_environment(name: str) -> Iterator[dict[str, str]]:
     database = f"ostinato_bench_{name}_{run}"
     url = ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
     prefix = f"ostinato-bench-{run}:"
+    spool = f"/tmp/ostinato-bench-spool-{run}"
     env = {
         **os.environ,
         "OSTINATO_DATABASE_URL": url,
         "OSTINATO_BROKER_URL": BROKER_URL,
         "OSTINATO_KEY_PREFIX": prefix,
-        "OSTINATO_SPOOL_DIR": f"/tmp/ostinato-bench-spool-{run}",
+        "OSTINATO_SPOOL_DIR": spool,
     }
     os.environ.update(env)
     migrate_database(url)
@@ -50,6 +52,7 @@ def isolated_environment(name: str) -> Iterator[dict[str, str]]:
         client = redis.Redis.from_url(BROKER_URL)
         for key in client.scan_iter(match=f"{prefix}*"):
             client.delete(key)
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 def _cpu_seconds(pid: int) -> float:

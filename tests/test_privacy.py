@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import redis
+from conftest import KEY_PREFIX
 from redis_server import queue_key, queued_messages
 from sqlalchemy import select
 from test_scrub import BLOB, SHORT_BLOB, assert_clean, make_outcome, make_scrubber
@@ -22,7 +23,7 @@ from ostinato.workers.store import Store
 def test_planted_secrets_never_reach_redis_or_postgres(
     pg_store: Store, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    prefix = f"ostinato-privacy-{uuid.uuid4().hex[:8]}:"
+    prefix = f"{KEY_PREFIX}privacy-{uuid.uuid4().hex[:8]}:"  # removed with the run's keys
     settings = Settings(key_prefix=prefix, spool_dir=tmp_path)
     client = Client(
         "alice's secret job", "/home/alice/projects/acme", settings=settings, scrubber=make_scrubber()
@@ -60,7 +61,7 @@ def test_before_send_can_rewrite_or_drop_a_message_and_a_failing_hook_never_reac
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     """The hook sees the scrubbed message: what it returns is sent, None drops it, an exception drops it."""
-    prefix = f"ostinato-hook-{uuid.uuid4().hex[:8]}:"
+    prefix = f"{KEY_PREFIX}hook-{uuid.uuid4().hex[:8]}:"  # removed with the run's keys
     seen: list[str] = []
 
     def hook(message: Message) -> Message | None:
