@@ -26,6 +26,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
 from ostinato.schema.identity import content_hash, pattern_id
@@ -88,6 +89,20 @@ def log_unknown(event: str, missing: set[str]) -> None:
         log.info(event, reason="pattern_not_found", count=len(missing), pattern_ids=sorted(missing)[:10])
 
 
+def _sighting_values(s: PatternSighting) -> dict[str, Any]:
+    """The parameters of ``PatternsMixin._sighting_update`` for one sighting."""
+    described = s.description is not None
+    return {
+        "b_id": s.id,
+        "b_count": s.count,
+        "b_seen": s.seen_at,
+        "b_description": s.description,
+        "b_digest": content_hash(s.pattern_type, s.pattern_name, s.description) if described else None,
+        "b_action": s.suggested_action,
+        "b_tags": None if s.context_tags is None else list(s.context_tags),
+    }
+
+
 class PatternsMixin(StoreBase):
     """Pattern rows: create, merge, apply, score and query."""
 
@@ -137,6 +152,8 @@ class PatternsMixin(StoreBase):
         """
         s = sighting
         pid = s.id
+        if self._add_sighting(s):
+            return UpsertResult(pid, created=False)
         digest = content_hash(s.pattern_type, s.pattern_name, s.description)
         seen: dict[str, Any] = {
             "occurrence_count": patterns.c.occurrence_count + s.count,
@@ -144,17 +161,6 @@ class PatternsMixin(StoreBase):
             "first_seen": self.earlier(patterns.c.first_seen, s.seen_at),
             "active": True,
         }
-        by_id = dict(seen)
-        if s.description is not None:
-            by_id["description"] = s.description
-            by_id["content_hash"] = digest
-        if s.suggested_action is not None:
-            by_id["suggested_action"] = s.suggested_action
-        if s.context_tags is not None:
-            by_id["context_tags"] = list(s.context_tags)
-
-        if self._update_returning(patterns.c.id == pid, by_id) is not None:
-            return UpsertResult(pid, created=False)
         twin = (
             select(patterns.c.id)
             .where(patterns.c.content_hash == digest)
@@ -189,19 +195,26 @@ class PatternsMixin(StoreBase):
         ).scalar()
         if inserted is not None:
             return UpsertResult(pid, created=True)
-        self._update_returning(patterns.c.id == pid, by_id)
+        self._add_sighting(s)
         return UpsertResult(pid, created=False)
 
     def add_sightings(self, sightings: Sequence[PatternSighting]) -> None:
         """What ``upsert_pattern`` does when the id matches, for many patterns in one statement.
 
-        The patterns must exist and be locked by this transaction (``lock_patterns``). A field the sighting
-        leaves None keeps its stored value, as in ``upsert_pattern``.
+        The patterns must exist and be locked by this transaction (``lock_patterns``).
         """
-        if not sightings:
-            return
+        if sightings:
+            self.conn.execute(self._sighting_update(), [_sighting_values(s) for s in sightings])
+
+    def _add_sighting(self, sighting: PatternSighting) -> bool:
+        """Add one sighting to the pattern with its id; False when there is no such pattern."""
+        statement = self._sighting_update().returning(patterns.c.id)
+        return self.conn.execute(statement, _sighting_values(sighting)).scalar() is not None
+
+    def _sighting_update(self) -> Update:
+        """Count sightings into a pattern row; a field the sighting leaves None keeps its stored value."""
         seen_at = bindparam("b_seen", type_=UTCDateTime())
-        statement = (
+        return (
             update(patterns)
             .where(patterns.c.id == bindparam("b_id"))
             .values(
@@ -218,23 +231,6 @@ class PatternsMixin(StoreBase):
                     bindparam("b_tags", type_=patterns.c.context_tags.type), patterns.c.context_tags
                 ),
             )
-        )
-        self.conn.execute(
-            statement,
-            [
-                {
-                    "b_id": s.id,
-                    "b_count": s.count,
-                    "b_seen": s.seen_at,
-                    "b_description": s.description,
-                    "b_digest": None
-                    if s.description is None
-                    else content_hash(s.pattern_type, s.pattern_name, s.description),
-                    "b_action": s.suggested_action,
-                    "b_tags": None if s.context_tags is None else list(s.context_tags),
-                }
-                for s in sightings
-            ],
         )
 
     def _update_returning(self, where: ColumnElement[bool], values: dict[str, Any]) -> str | None:
