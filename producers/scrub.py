@@ -172,7 +172,7 @@ _CLI_FLAG_NEEDLES = ("password", "passwd", "token", "secret", "api-key", "apikey
 _LONG_HEX = re.compile(r"(?<![A-Za-z0-9])(?:0x)?[0-9A-Fa-f]{32,}(?![A-Za-z0-9])")
 _BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{40,}={0,2}(?![A-Za-z0-9+/_=-])")
 MAX_NEEDLE_COMBINATIONS = 1024
-"""Rule lists kept, one per combination of needles seen; past this many they are worked out afresh."""
+"""Rule lists remembered, one per combination of needles seen (least recently used go first)."""
 MEMO_LENGTH = 512
 """Strings up to this length are scrubbed once per scrubber and then remembered (up to 4,096 of them)."""
 
@@ -636,7 +636,7 @@ class Scrubber:
             rules.append(_regex_rule(user_pattern, USER, (private_user.lower(),)))
         self._rules: tuple[_Rule, ...] = tuple(rules)
         self._needles = NeedleSet(needle for rule in rules for needle in rule.needles)
-        self._rule_lists: dict[frozenset[str], tuple[tuple[_Rule, tuple[str, ...]], ...]] = {}
+        self._rules_for = functools.lru_cache(maxsize=MAX_NEEDLE_COMBINATIONS)(self._rules_needed)
 
     def add_rule(self, pattern: str | re.Pattern[str], replacement: str) -> None:
         """Add a runner-specific rule; runner rules run first, on the raw text, in the order added.
@@ -681,22 +681,16 @@ class Scrubber:
                 value, stale = scrubbed, True
         return value
 
-    def _rules_for(self, found: frozenset[str]) -> tuple[tuple[_Rule, tuple[str, ...]], ...]:
+    def _rules_needed(self, found: frozenset[str]) -> tuple[tuple[_Rule, tuple[str, ...]], ...]:
         """The rules a text holding the needles ``found`` needs, in order, each with the needles it needs.
 
-        Texts hold few distinct combinations of needles, so each combination is worked out once.
+        Texts hold few distinct combinations of needles, so ``_rules_for`` remembers each one's answer.
         """
-        run = self._rule_lists.get(found)
-        if run is None:
-            run = tuple(
-                (rule, tuple(sorted(found.intersection(rule.needles))))
-                for rule in self._rules
-                if not rule.needles or not found.isdisjoint(rule.needles)
-            )
-            if len(self._rule_lists) >= MAX_NEEDLE_COMBINATIONS:
-                self._rule_lists.clear()
-            self._rule_lists[found] = run
-        return run
+        return tuple(
+            (rule, tuple(sorted(found.intersection(rule.needles))))
+            for rule in self._rules
+            if not rule.needles or not found.isdisjoint(rule.needles)
+        )
 
     def tail(self, value: str, limit: int = TAIL_LIMIT) -> str:
         """Scrub, then keep the last ``limit`` characters (scrubbing can lengthen text, so cut after)."""
