@@ -226,9 +226,8 @@ def bench_floor(n: int) -> float:
         return n / seconds
 
 
-def run_rounds(args: argparse.Namespace) -> list[dict[str, dict[str, float]]]:
+def run_rounds(args: argparse.Namespace, sizes: dict[str, int]) -> list[dict[str, dict[str, float]]]:
     """End-to-end figures of both designs, round by round, alternating which design goes first."""
-    sizes = {"ostinato": args.outcomes, "naive": args.naive}
     rounds = []
     for index in range(args.rounds):
         order = ("ostinato", "naive") if index % 2 == 0 else ("naive", "ostinato")
@@ -261,13 +260,13 @@ def main() -> None:
     args = parser.parse_args()
 
     console = Console(width=200)
-    rounds = run_rounds(args)
+    sizes = {"ostinato": args.outcomes, "naive": args.naive}
+    rounds = run_rounds(args, sizes)
     ratios = [r["ostinato"]["per_second"] / r["naive"]["per_second"] for r in rounds]
     names = {
         "ostinato": "ostinato (producer → Redis → batch ingest)",
         "naive": "naive (one task + one INSERT per message)",
     }
-    sizes = {"ostinato": args.outcomes, "naive": args.naive}
     results = {design: median_figures([r[design] for r in rounds]) for design in names}
     for design in names:
         results[design]["drain"] = _drain(design, sizes[design], args.producers, args.concurrency)
