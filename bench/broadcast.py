@@ -87,7 +87,7 @@ def listen_discoveries(ready: Any, stop: Any, results: Any) -> None:
 def listen_raw(url: str, channel: str, ready: Any, stop: Any, results: Any) -> None:
     """A plain redis-py subscriber: each message carries its send time."""
     client = redis.Redis.from_url(url)
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub()
     pubsub.subscribe(channel)
     while (message := pubsub.get_message(timeout=1.0)) is None or message["type"] != "subscribe":
         pass

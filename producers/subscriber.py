@@ -406,7 +406,7 @@ class Subscription(_SubscriptionState):
         client = redis.Redis.from_url(
             self.settings.broker_url, retry=Retry(NoBackoff(), 0), **self._redis_options()
         )
-        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = client.pubsub()
         self._client, self._pubsub = client, pubsub
         pubsub.subscribe(self.channel)
         self._connected()
