@@ -7,6 +7,9 @@ must see a limit at once), and the preflight reads query the store. With ``enabl
 cheap no-op, and publishing (messages and rate-limit keys) and preflight reads can be switched off
 separately, as upstream's learning configuration allows; a switched-off read gives the neutral answer
 (nothing found, the static delay, not limited).
+
+With ``embedded=`` a SQLite file, the client needs no server: messages are applied, limits shared and
+discoveries broadcast inside the process (``ostinato.embedded``, loaded only then, as it brings the workers).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 from uuid import UUID, uuid4
 
 import structlog
@@ -33,9 +36,10 @@ from ostinato.producers.preflight import (
     RelevantPattern,
     static_wait,
 )
-from ostinato.producers.rate_limits import NOT_LIMITED, RateLimits, RateLimitStatus
+from ostinato.producers.rate_limits import NOT_LIMITED, RateLimiter, RateLimits, RateLimitStatus
 from ostinato.producers.scrub import Scrubber
-from ostinato.producers.sender import Sender
+from ostinato.producers.sender import EnvelopeSender, Sender
+from ostinato.producers.subscriber import Callback, Subscription, SubscriptionThread, subscribe
 from ostinato.schema.identity import hash_job, hash_workspace
 from ostinato.schema.messages import (
     TAIL_LIMIT,
@@ -68,6 +72,9 @@ from ostinato.schema.records import (
 )
 from ostinato.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from ostinato.embedded import Embedded, EmbeddedSubscription
+
 log = structlog.get_logger(__name__)
 
 AnyMessage = (
@@ -98,14 +105,29 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _embedded_runtime(embedded: str | Path | Embedded, settings: Settings | None) -> Embedded:
+    """A reference to the process's runtime for this file, or one more reference to the given runtime."""
+    from ostinato.embedded import Embedded
+
+    if isinstance(embedded, Embedded):
+        return embedded.acquire()
+    return Embedded.shared(embedded, settings)
+
+
 class Client:
-    """One job's reporter; safe to share between threads, and usable from async code as it is."""
+    """One job's reporter; safe to share between threads, and usable from async code as it is.
+
+    ``embedded`` (a SQLite file, or an ``ostinato.embedded.Embedded``) runs everything in this process
+    instead of through Redis and PostgreSQL; clients of one process given the same file share one runtime,
+    which stops with the last of them. Its settings (a ``sqlite:///`` database URL) become ``self.settings``.
+    """
 
     def __init__(
         self,
         job_name: str,
         workspace: str | Path,
         *,
+        embedded: str | Path | Embedded | None = None,
         settings: Settings | None = None,
         config_hash: str | None = None,
         enabled: bool = True,
@@ -115,7 +137,10 @@ class Client:
         scrubber: Scrubber | None = None,
         sender: Sender | None = None,
     ) -> None:
-        self.settings = settings or get_settings()
+        if embedded is not None and sender is not None:
+            raise ValueError("a client takes either its own sender or an embedded runtime, not both")
+        self._runtime = _embedded_runtime(embedded, settings) if embedded is not None and enabled else None
+        self.settings = self._runtime.settings if self._runtime else settings or get_settings()
         self.job_hash = hash_job(job_name, config_hash)
         self.workspace_hash = hash_workspace(workspace)
         self.enabled = enabled
@@ -126,8 +151,10 @@ class Client:
         self.dropped_by_hook = 0
         self.failed_preparation = 0
         self._lock = threading.Lock()
-        self._sender = sender if sender is not None or not self.publishing else Sender.shared(self.settings)
-        self._rate_limits: RateLimits | None = None
+        self._sender: EnvelopeSender | None = sender
+        if sender is None and self.publishing:
+            self._sender = self._runtime.sender if self._runtime else Sender.shared(self.settings)
+        self._rate_limits: RateLimiter | None = None
         self._preflight: Preflight | None = None
 
     # -- publishing -------------------------------------------------------------------------------------
@@ -284,7 +311,9 @@ class Client:
             return NOT_LIMITED
         return self._rate_limiter().status(model)
 
-    def _rate_limiter(self) -> RateLimits:
+    def _rate_limiter(self) -> RateLimiter:
+        if self._runtime is not None:
+            return self._runtime.rate_limits
         with self._lock:
             if self._rate_limits is None:
                 self._rate_limits = RateLimits(self.settings)
@@ -392,6 +421,33 @@ class Client:
                 self._preflight = Preflight(self.settings)
             return self._preflight
 
+    # -- live discoveries -------------------------------------------------------------------------------
+
+    @overload
+    def subscribe(
+        self, callback: None = None, *, include_own: bool = False
+    ) -> Subscription | EmbeddedSubscription: ...
+
+    @overload
+    def subscribe(
+        self, callback: Callback, *, include_own: bool = False
+    ) -> SubscriptionThread | EmbeddedSubscription: ...
+
+    def subscribe(
+        self, callback: Callback | None = None, *, include_own: bool = False
+    ) -> Subscription | SubscriptionThread | EmbeddedSubscription:
+        """Other jobs' pattern discoveries (every job's with ``include_own``), caught up, each once.
+
+        With ``callback``: a started thread calls it per event (``stop()`` ends it). Without: a subscription
+        to iterate (``close()``/``stop()`` ends it). Embedded, the events come from the runtime's hub.
+        """
+        job_hash = None if include_own else self.job_hash
+        if self._runtime is not None:
+            return self._runtime.subscribe(job_hash, callback)
+        if callback is None:
+            return subscribe(job_hash, settings=self.settings)
+        return subscribe(job_hash, settings=self.settings, callback=callback)
+
     # -- sending ----------------------------------------------------------------------------------------
 
     def _send(
@@ -434,7 +490,8 @@ class Client:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything reported so far is on the broker; False if ``timeout`` ran out first."""
+        """Wait until everything reported so far is on the broker (embedded: applied to the store); False if
+        ``timeout`` ran out first."""
         return True if self._sender is None else self._sender.flush(timeout)
 
     async def flush_async(self, timeout: float = 10.0) -> bool:
@@ -443,14 +500,18 @@ class Client:
     def close(self, timeout: float = 5.0) -> None:
         """Flush, keep what could not be sent in the spool (it is resent on the next start), stop.
 
-        A sender shared with other clients of the process stops with the last of them.
+        A sender (or an embedded runtime) shared with other clients of the process stops with the last of
+        them.
         """
-        if self._sender is not None:
-            self._sender.release(timeout)
-            self._sender = None
         with self._lock:
+            sender, self._sender = self._sender, None
+            runtime, self._runtime = self._runtime, None
             rate_limits, self._rate_limits = self._rate_limits, None
             reader, self._preflight = self._preflight, None
+        if runtime is not None:
+            runtime.release(timeout)
+        elif sender is not None:
+            sender.release(timeout)
         if rate_limits is not None:
             rate_limits.close()
         if reader is not None:

@@ -13,7 +13,7 @@ import math
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -50,6 +50,16 @@ class RateLimitStatus:
 
 
 NOT_LIMITED = RateLimitStatus(limited=False)
+
+
+class RateLimiter(Protocol):
+    """What a ``Client`` needs: ``RateLimits`` here, ``ostinato.embedded.LocalRateLimits`` in one process."""
+
+    def report(
+        self, model: str, error_code: str, retry_after_seconds: float, source_job_hash: str
+    ) -> bool: ...
+    def status(self, model: str) -> RateLimitStatus: ...
+    def close(self) -> None: ...
 
 
 def rate_limit_key(key_prefix: str, model: str) -> str:

@@ -15,7 +15,7 @@ import json
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from celery import Celery
@@ -44,6 +44,16 @@ STAT_NAMES = (
     "task_messages",
     "overflowed",
 )
+
+
+class EnvelopeSender(Protocol):
+    """What a ``Client`` needs of its sender: ``Sender``, or ``embedded.LocalSender`` in one process."""
+
+    def submit(self, envelope: Envelope, *, urgent: bool = False) -> None: ...
+    def flush(self, timeout: float) -> bool: ...
+    async def flush_async(self, timeout: float) -> bool: ...
+    def release(self, timeout: float = 5.0) -> None: ...
+    def stats(self) -> dict[str, int]: ...
 
 
 _SHARED: dict[tuple[str, str, str], tuple[Sender, int]] = {}
