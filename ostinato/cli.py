@@ -260,10 +260,31 @@ def beat(
 
 
 @app.command()
-def demo() -> None:
-    """The main job. For now: migrate and print the store's statistics."""
-    migrate()
-    stats()
+def demo(
+    runners: Annotated[int, typer.Option(min=1, max=24, help="Simulated runners (jobs).")] = 4,
+    duration: Annotated[float, typer.Option(min=5, help="Seconds the runners run sheets.")] = 40.0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the simulated world (default: random).")] = None,
+    embedded: Annotated[
+        bool, typer.Option("--embedded", help="Run everything in this process even if servers answer.")
+    ] = False,
+    store: Annotated[
+        Path | None, typer.Option(help="The embedded SQLite store (default OSTINATO_EMBEDDED_PATH).")
+    ] = None,
+) -> None:
+    """The main job: simulated runners learn from each other through ostinato while you watch.
+
+    With Redis and PostgreSQL answering at the configured URLs it runs on them, with a Celery worker, beat
+    and one process per runner; otherwise (or with --embedded) everything runs in this process on SQLite.
+    """
+    from ostinato.demo import DemoOptions, run_demo
+
+    options = DemoOptions(runners, duration, seed, embedded, store)
+    result = run_demo(options, get_settings(), console)
+    again = "ostinato patterns  (or stats, entropy, drift, budget, dead-letters list)"
+    if result.mode == "embedded":
+        path = (store or get_settings().embedded_path).expanduser().resolve()
+        again = f"OSTINATO_DATABASE_URL=sqlite:///{path} {again}"
+    console.print(f"look again: {again}")
 
 
 if __name__ == "__main__":

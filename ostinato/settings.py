@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/ostinato"
     key_prefix: str = "ostinato:"
     spool_dir: Path = Field(default_factory=lambda: Path.home() / ".ostinato" / "spool")
+    embedded_path: Path = Field(default_factory=lambda: Path.home() / ".ostinato" / "embedded.db")
+    """The SQLite store of embedded mode (``ostinato demo`` without servers, ``Client(embedded=...)``)."""
     spool_max_bytes: int = 256 * 1024 * 1024
     """Upper bound of the on-disk spool; batches beyond it are refused loudly."""
     visibility_timeout: float = 3600.0
