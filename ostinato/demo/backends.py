@@ -69,8 +69,14 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def with_demo_periods(settings: Settings) -> Settings:
-    return settings.model_copy(update={f"maintenance_{name}_period": s for name, s in DEMO_PERIODS.items()})
+DEMO_DRIFT = {"drift_window": 30, "drift_threshold": 0.25}
+"""The demo's runners apply a pattern hundreds of times a minute; over the default window of 5 applications
+one unlucky failure is a drift of 0.2, so the demo compares windows of 30, where 0.25 is a real change."""
+
+
+def demo_settings(settings: Settings) -> Settings:
+    periods = {f"maintenance_{name}_period": seconds for name, seconds in DEMO_PERIODS.items()}
+    return settings.model_copy(update={**periods, **DEMO_DRIFT})
 
 
 def why_no_servers(settings: Settings) -> str | None:
@@ -103,7 +109,7 @@ class EmbeddedBackend:
     mode = "embedded"
 
     def __init__(self, settings: Settings, path: Path) -> None:
-        self.runtime = Embedded.shared(path, with_demo_periods(settings))
+        self.runtime = Embedded.shared(path, demo_settings(settings))
         self.settings = self.runtime.settings
         self.store = self.runtime.store
         self.embedded: str | None = str(path)
@@ -133,7 +139,7 @@ class ServerBackend:
     def __init__(self, settings: Settings, *, concurrency: int = 2) -> None:
         from ostinato.database import migrate_database
 
-        self.settings = with_demo_periods(settings)
+        self.settings = demo_settings(settings)
         migrate_database(self.settings.database_url)
         self.store = Store.from_url(self.settings.database_url)
         self._context = multiprocessing.get_context("spawn")

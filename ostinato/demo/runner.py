@@ -51,6 +51,8 @@ class RunnerSpec:
     seed: int
     deadline: float
     """Wall-clock time (``time.time()``) after which no new sheet starts."""
+    drift_at: float
+    """Wall-clock time of the world's model update (``world.DRIFT_AT``)."""
     settings: dict[str, Any]
     embedded: str | None = None
     """The embedded store's path; None to publish through the servers of ``settings``."""
@@ -101,7 +103,8 @@ def run_runner(spec: RunnerSpec, report: Report, sleep: Callable[[float], None] 
             check = plan.sheets[sheet_num % len(plan.sheets)]
             context = PatternContext(validation_types=[check])
             chosen = client.relevant_patterns(context, RELEVANT_LIMIT, rng=rng)
-            run = run_sheet(plan, sheet_num, [p.pattern_id for p in chosen], rng)
+            drifted = time.time() >= spec.drift_at
+            run = run_sheet(plan, sheet_num, [p.pattern_id for p in chosen], rng, drifted=drifted)
             if plan.model == RATE_LIMITED_MODEL and rng.random() < RATE_LIMIT_CHANCE:
                 client.report_rate_limit(plan.model, RATE_LIMIT_CODE, RATE_LIMIT_SECONDS)
                 report.put(("rate_limited", plan.name, time.time(), {"model": plan.model}))

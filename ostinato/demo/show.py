@@ -19,6 +19,9 @@ from ostinato.workers.maintenance import latest_drift
 from ostinato.workers.store import Store
 
 RECENT_SHEETS = 60
+TOP_PATTERNS = 10
+JUDGED = 3
+"""Applications before beat's trust pass judges a pattern (validates or quarantines it)."""
 
 
 @dataclass(frozen=True)
@@ -104,15 +107,21 @@ def summary(
         f"current {_num(budget.get('current_budget'))}, average {_num(budget.get('avg_budget'))} "
         f"over {budget.get('total_adjustments', 0)} adjustments",
     )
+    quarantined = store.get_quarantined_patterns(limit=5)
+    learning.add_row(
+        "quarantined (no longer suggested)",
+        ", ".join(f"{r.pattern_name} ({r.effectiveness_score:.2f})" for r in quarantined) or "none",
+    )
     drift = latest_drift(store, 100)
     exceeded = [d for d in drift if d.threshold_exceeded]
-    learning.add_row(
-        "drift",
-        f"{len(drift)} patterns measured, {len(exceeded)} beyond the threshold"
-        + (f" (largest: {exceeded[0].pattern_name}, {exceeded[0].drift_magnitude:.2f})" if exceeded else ""),
-    )
+    learning.add_row("drift", f"{len(drift)} patterns measured, {len(exceeded)} beyond the threshold")
+    for d in exceeded[:3]:
+        change = f"{_num(d.effectiveness_before)} → {_num(d.effectiveness_after)}"
+        learning.add_row("", f"{d.pattern_name}: {change}" + (", retired" if d.retired else ""))
     told = new_job_guidance(settings, seed)
-    advice = Table(title="what a brand-new job checking files and tests would be told", show_header=False)
+    advice = Table(
+        title="what a brand-new job checking files and tests would be told", show_header=False, min_width=64
+    )
     advice.add_column()
     for line in told or ["(nothing yet)"]:
         advice.add_row(line)
@@ -134,14 +143,16 @@ def new_job_guidance(settings: Settings, seed: int) -> list[str]:
 
 
 def _patterns_table(store: Store) -> Table:
-    columns = ("pattern", "type", "seen", "applied", "effectiveness", "trust", "status")
+    """The most effective of the patterns applied often enough to be judged (three applications)."""
+    records = store.get_patterns(min_priority=0.0, limit=500)
+    records.sort(key=lambda r: (r.applications >= JUDGED, r.effectiveness_score), reverse=True)
+    columns = ("pattern", "seen", "applied", "effectiveness", "trust", "status")
     table = Table(*columns, title="top patterns")
-    for r in store.get_patterns(min_priority=0.0, limit=10):
+    for r in records[:TOP_PATTERNS]:
         table.add_row(
-            r.pattern_name[:48],
-            r.pattern_type,
+            r.pattern_name[:56],
             str(r.occurrence_count),
-            str(r.led_to_success_count + r.led_to_failure_count),
+            str(r.applications),
             f"{r.effectiveness_score:.2f}",
             f"{r.trust_score:.2f}",
             r.quarantine_status.value,

@@ -24,6 +24,9 @@ RATE_LIMITED_MODEL = "claude-sonnet"
 RATE_LIMIT_CHANCE = 0.03
 RATE_LIMIT_SECONDS = 2.0
 RATE_LIMIT_CODE = "E101"
+DRIFT_AT = 0.5
+"""Halfway through the run the model is updated: it now validates JSON by itself, and the old advice about
+the schema makes it over-escape, so that pattern's effectiveness drifts down and beat retires it."""
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,17 @@ class Check:
     base_pass: float
     pattern_effect: float
     """Added to the pass chance when the store's pattern for this check is injected (negative: misleads)."""
+    drifted_effect: float | None
     failure_reason: str
     failure_category: str
     error_code: str
     suggested_fix: str
     output: str
     """A tail excerpt with the error signature the workers' output detector recognises."""
+
+    def effect(self, drifted: bool) -> float:
+        """The advice's effect; after the mid-run model update, ``drifted_effect`` where the check has one."""
+        return self.drifted_effect if drifted and self.drifted_effect is not None else self.pattern_effect
 
     @property
     def pattern_id(self) -> str:
@@ -71,6 +79,7 @@ CHECKS: tuple[Check, ...] = (
         "file_exists",
         0.50,
         +0.45,
+        None,
         "expected output file was not created",
         "missing_output",
         "E301",
@@ -81,6 +90,7 @@ CHECKS: tuple[Check, ...] = (
         "tests_pass",
         0.45,
         +0.45,
+        None,
         "unit tests failed after the change",
         "test_failure",
         "E302",
@@ -92,6 +102,7 @@ CHECKS: tuple[Check, ...] = (
         "content_regex",
         0.70,
         -0.40,
+        None,
         "required section heading missing",
         "format_mismatch",
         "E303",
@@ -102,6 +113,7 @@ CHECKS: tuple[Check, ...] = (
         "json_schema",
         0.55,
         +0.35,
+        -0.25,
         "output does not match the JSON schema",
         "schema_mismatch",
         "E304",
@@ -165,18 +177,21 @@ def run_sheet(
     applied: list[str],
     rng: random.Random,
     completed_at: datetime | None = None,
+    *,
+    drifted: bool = False,
 ) -> SheetRun:
     """Simulate one sheet with ``applied`` patterns injected into its prompt; retries until it passes.
 
-    Any pattern about the sheet's check moves its pass chance by the check's ``pattern_effect`` (several
-    such patterns do no more than one: they carry the same advice); other patterns change nothing.
+    Any pattern about the sheet's check moves its pass chance by the check's effect (several such patterns
+    do no more than one: they carry the same advice); other patterns change nothing. ``drifted``: after the
+    mid-run model update.
     """
     checks = [CHECKS_BY_TYPE[plan.sheets[sheet_num % len(plan.sheets)]]]
     helped = {c.validation_type: any(EFFECTS.get(p) == c for p in applied) for c in checks}
 
     def attempt(retry: int) -> list[bool]:
         chances = [
-            c.base_pass + (c.pattern_effect if helped[c.validation_type] else 0.0) + RETRY_BONUS * retry
+            c.base_pass + (c.effect(drifted) if helped[c.validation_type] else 0.0) + RETRY_BONUS * retry
             for c in checks
         ]
         return [rng.random() < min(0.97, max(0.03, chance)) for chance in chances]
