@@ -281,9 +281,8 @@ def demo(
     options = DemoOptions(runners, duration, seed, embedded, store)
     result = run_demo(options, get_settings(), console)
     again = "ostinato patterns  (or stats, entropy, drift, budget, dead-letters list)"
-    if result.mode == "embedded":
-        path = (store or get_settings().embedded_path).expanduser().resolve()
-        again = f"OSTINATO_DATABASE_URL=sqlite:///{path} {again}"
+    if result.database_url != get_settings().database_url:
+        again = f"OSTINATO_DATABASE_URL={result.database_url} {again}"
     console.print(f"look again: {again}")
 
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import ADMIN_URL, KEY_PREFIX, RUN_ID
 from sqlalchemy import create_engine, text
 
-from ostinato.demo.world import CHECKS, CHECKS_BY_TYPE, JobPlan, run_sheet
+from ostinato.demo.world import CHECKS_BY_TYPE, JobPlan, run_sheet
 
 ROOT = Path(__file__).resolve().parents[1]
 QUARTERS = re.compile(r"first quarter ([\d.]+)%\s+→\s+last quarter ([\d.]+)%")
@@ -22,21 +22,34 @@ CLOSED = "127.0.0.1:1"
 """Nothing listens on port 1: a connection is refused at once."""
 
 
-def _first_try_rate(check: str, applied: list[str], n: int = 3000) -> float:
+def _first_try_rate(check: str, applied: list[str], n: int = 4000, *, drifted: bool = False) -> float:
     plan = JobPlan("job", "/home/alice/work/x", "claude-haiku", (check,))
     rng = random.Random(3)
-    return sum(run_sheet(plan, 0, applied, rng).success_without_retry for _ in range(n)) / n
+    runs = (run_sheet(plan, 0, applied, rng, drifted=drifted) for _ in range(n))
+    return sum(run.success_without_retry for run in runs) / n
 
 
 def test_the_world_rewards_helpful_patterns_and_punishes_misleading_ones() -> None:
     helpful = CHECKS_BY_TYPE["file_exists"]
     misleading = CHECKS_BY_TYPE["content_regex"]
     assert _first_try_rate("file_exists", []) == pytest.approx(helpful.base_pass, abs=0.03)
-    assert _first_try_rate("file_exists", [helpful.pattern_id]) == pytest.approx(0.95, abs=0.02)
-    assert _first_try_rate("content_regex", [misleading.pattern_id]) == pytest.approx(0.30, abs=0.03)
+    assert _first_try_rate("file_exists", [helpful.pattern_id]) == pytest.approx(0.90, abs=0.02)
+    assert _first_try_rate("content_regex", [misleading.pattern_id]) == pytest.approx(0.25, abs=0.03)
     # Another check's pattern does nothing for this one.
-    assert _first_try_rate("file_exists", [misleading.pattern_id]) == pytest.approx(0.50, abs=0.03)
-    assert {c.pattern_id for c in CHECKS} == {c.pattern_id for c in CHECKS_BY_TYPE.values()}
+    assert _first_try_rate("file_exists", [misleading.pattern_id]) == pytest.approx(0.30, abs=0.03)
+    # Every pattern the store detects about a check carries its advice; several do no more than one.
+    assert _first_try_rate("file_exists", sorted(helpful.pattern_ids)) == pytest.approx(0.90, abs=0.02)
+    assert len(helpful.pattern_ids) == 5
+
+
+def test_after_the_model_update_the_json_advice_misleads() -> None:
+    advice = [CHECKS_BY_TYPE["json_schema"].pattern_id]
+    assert _first_try_rate("json_schema", advice) == pytest.approx(0.90, abs=0.02)
+    assert _first_try_rate("json_schema", advice, drifted=True) == pytest.approx(0.40, abs=0.03)
+    assert _first_try_rate("json_schema", [], drifted=True) == pytest.approx(0.85, abs=0.02)
+    # The others do not drift.
+    advice = [CHECKS_BY_TYPE["file_exists"].pattern_id]
+    assert _first_try_rate("file_exists", advice, drifted=True) == pytest.approx(0.90, abs=0.02)
 
 
 def _demo(args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -32,7 +32,7 @@ from ostinato.workers.store import Store
 DEMO_PERIODS = {
     "entropy": 4.0,
     "budget": 4.0,
-    "drift": 8.0,
+    "drift": 4.0,
     "trust": 2.0,
     "priority": 4.0,
     "expiry": 10.0,
@@ -69,9 +69,9 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-DEMO_DRIFT = {"drift_window": 30, "drift_threshold": 0.25}
+DEMO_DRIFT = {"drift_window": 20, "drift_threshold": 0.3}
 """The demo's runners apply a pattern hundreds of times a minute; over the default window of 5 applications
-one unlucky failure is a drift of 0.2, so the demo compares windows of 30, where 0.25 is a real change."""
+one unlucky failure is a drift of 0.2, so the demo compares windows of 20, where 0.3 is a real change."""
 
 
 def demo_settings(settings: Settings) -> Settings:

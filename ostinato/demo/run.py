@@ -46,6 +46,7 @@ class DemoOptions:
 @dataclass(frozen=True)
 class DemoResult:
     mode: str
+    database_url: str
     sheets: int
     applied: int
     first_quarter: float
@@ -141,7 +142,15 @@ def _run(backend: Backend, options: DemoOptions, seed: int, console: Console) ->
     if figures.applied < len(tally.sheets):
         console.print(f"[red]{len(tally.sheets) - figures.applied} outcomes were not applied in time[/]")
     return DemoResult(
-        backend.mode, len(tally.sheets), figures.applied, first, last, discoveries, figures.patterns, told
+        backend.mode,
+        redact_url(backend.settings.database_url),
+        len(tally.sheets),
+        figures.applied,
+        first,
+        last,
+        discoveries,
+        figures.patterns,
+        told,
     )
 
 

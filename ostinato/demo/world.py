@@ -25,8 +25,9 @@ RATE_LIMIT_CHANCE = 0.03
 RATE_LIMIT_SECONDS = 2.0
 RATE_LIMIT_CODE = "E101"
 DRIFT_AT = 0.5
-"""Halfway through the run the model is updated: it now validates JSON by itself, and the old advice about
-the schema makes it over-escape, so that pattern's effectiveness drifts down and beat retires it."""
+"""Halfway through the run the model is updated: it now validates JSON by itself, and the old advice about the
+schema makes it over-escape. The advice's effectiveness drifts down, beat retires it, and JSON sheets do
+better than ever without it."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Check:
     base_pass: float
     pattern_effect: float
     """Added to the pass chance when the store's pattern for this check is injected (negative: misleads)."""
-    drifted_effect: float | None
+    after_update: tuple[float, float] | None
     failure_reason: str
     failure_category: str
     error_code: str
@@ -45,9 +46,12 @@ class Check:
     output: str
     """A tail excerpt with the error signature the workers' output detector recognises."""
 
-    def effect(self, drifted: bool) -> float:
-        """The advice's effect; after the mid-run model update, ``drifted_effect`` where the check has one."""
-        return self.drifted_effect if drifted and self.drifted_effect is not None else self.pattern_effect
+    """(base pass chance, advice effect) after the mid-run model update, for the one check it changes."""
+
+    def chance(self, advised: bool, drifted: bool) -> float:
+        """The first attempt's pass chance, with or without the store's advice, before or after the update."""
+        base, effect = (self.after_update if drifted else None) or (self.base_pass, self.pattern_effect)
+        return base + (effect if advised else 0.0)
 
     @property
     def pattern_id(self) -> str:
@@ -77,8 +81,8 @@ def _detected(pattern_type: str, tag: str) -> str:
 CHECKS: tuple[Check, ...] = (
     Check(
         "file_exists",
-        0.50,
-        +0.45,
+        0.30,
+        +0.60,
         None,
         "expected output file was not created",
         "missing_output",
@@ -88,8 +92,8 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "tests_pass",
-        0.45,
-        +0.45,
+        0.30,
+        +0.60,
         None,
         "unit tests failed after the change",
         "test_failure",
@@ -101,7 +105,7 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "content_regex",
         0.70,
-        -0.40,
+        -0.45,
         None,
         "required section heading missing",
         "format_mismatch",
@@ -111,9 +115,9 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "json_schema",
-        0.55,
-        +0.35,
-        -0.25,
+        0.40,
+        +0.50,
+        (0.85, -0.45),
         "output does not match the JSON schema",
         "schema_mismatch",
         "E304",
@@ -145,7 +149,8 @@ def job_plans(runners: int, rng: random.Random) -> list[JobPlan]:
     plans = []
     for index in range(runners):
         name = names[index % len(names)] + ("" if index < len(names) else f"-{index // len(names) + 1}")
-        sheets = tuple(rng.sample(types, len(types)) + rng.sample(types, 2))
+        common = [check.validation_type for check in CHECKS if check.after_update is None]
+        sheets = tuple(rng.sample(types, len(types)) + rng.sample(common, 2))
         plans.append(JobPlan(name, workspaces[index % 2], models[index % 2], sheets))
     return plans
 
@@ -190,10 +195,7 @@ def run_sheet(
     helped = {c.validation_type: any(EFFECTS.get(p) == c for p in applied) for c in checks}
 
     def attempt(retry: int) -> list[bool]:
-        chances = [
-            c.base_pass + (c.effect(drifted) if helped[c.validation_type] else 0.0) + RETRY_BONUS * retry
-            for c in checks
-        ]
+        chances = [c.chance(helped[c.validation_type], drifted) + RETRY_BONUS * retry for c in checks]
         return [rng.random() < min(0.97, max(0.03, chance)) for chance in chances]
 
     retries = 0
