@@ -40,6 +40,7 @@ DEMO_PERIODS = {
 }
 """Maintenance periods in seconds for the demo: a minute-long run sees every pass several times."""
 PROBE_TIMEOUT = 2
+TROUBLE_LINES = 30
 
 OnDiscovery = Callable[[PatternDiscoveryEvent], object]
 
@@ -66,6 +67,10 @@ class Backend(Protocol):
     def start_runner(self, spec: RunnerSpec) -> Alive: ...
     def subscribe(self, callback: OnDiscovery) -> Stoppable: ...
     def waiting(self) -> int: ...
+    def trouble(self) -> str:
+        """Where to look when outcomes were not applied in time."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -125,6 +130,9 @@ class EmbeddedBackend:
 
     def waiting(self) -> int:
         return self.runtime.sender.stats()["in_memory"]
+
+    def trouble(self) -> str:
+        return f"the embedded delivery's counts: {self.runtime.sender.stats()}"
 
     def close(self) -> None:
         self.runtime.release()
@@ -187,6 +195,10 @@ class ServerBackend:
             return int(self._redis.llen(f"{self.settings.key_prefix}{INGEST_QUEUE}"))
         except redis.RedisError:
             return -1
+
+    def trouble(self) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()[-TROUBLE_LINES:]
+        return "the last lines the Celery worker and beat logged:\n" + "\n".join(lines)
 
     def close(self) -> None:
         for service in self._services:

@@ -141,6 +141,7 @@ def _run(backend: Backend, options: DemoOptions, seed: int, console: Console) ->
     figures = store_figures(backend.store, list(tally.job_hashes))
     if figures.applied < len(tally.sheets):
         console.print(f"[red]{len(tally.sheets) - figures.applied} outcomes were not applied in time[/]")
+        console.print(backend.trouble(), markup=False, highlight=False)
     return DemoResult(
         backend.mode,
         redact_url(backend.settings.database_url),
