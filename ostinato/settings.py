@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SpoolFullPolicy = Literal["block", "drop_oldest", "raise"]
+LONGEST_COUNTDOWN_SECONDS = 10.0
+"""No worker task retries with a countdown longer than this. Celery keeps a countdown retry as an
+unacknowledged message, so a countdown longer than the visibility timeout would be restored and run twice."""
 
 
 class Settings(BaseSettings):
@@ -22,11 +28,25 @@ class Settings(BaseSettings):
     embedded_path: Path = Field(default_factory=lambda: Path.home() / ".ostinato" / "embedded.db")
     """The SQLite store of embedded mode (``ostinato demo`` without servers, ``Client(embedded=...)``)."""
     spool_max_bytes: int = 256 * 1024 * 1024
-    """Upper bound of the on-disk spool; batches beyond it are refused loudly."""
-    visibility_timeout: float = 3600.0
-    """Seconds before a message a dead worker held is delivered again; longer than the longest task."""
-    unacked_restore_interval: float = 60.0
-    """How often kombu looks for such messages (SPEC.md §6b: this, not the timeout, sets the delay)."""
+    """Upper bound of the on-disk spool (compressed bytes)."""
+    spool_full_policy: SpoolFullPolicy = "block"
+    """What a producer does when its spool is full: ``block`` (wait up to ``spool_block_seconds`` for room,
+    then raise ``SpoolFull``), ``drop_oldest`` (drop the oldest spooled batch, counted and logged) or
+    ``raise`` (``SpoolFull`` at once)."""
+    spool_block_seconds: float = Field(default=30.0, ge=0)
+    durable: bool = False
+    """Producer durable mode: each envelope is fsync'd into the spool before the publishing call returns,
+    so a SIGKILLed runner loses nothing it was told was accepted."""
+    ingest_queue_bound: int = Field(default=2_000, ge=1)
+    """Task messages waiting in ``ostinato.ingest`` above which producers keep new batches in their spool."""
+    visibility_timeout: float = Field(default=20.0, gt=0)
+    """Seconds before a message a dead worker held is delivered again: a whole-worker SIGKILL recovers in
+    about this plus ``unacked_restore_interval``. Must exceed the task time limit and every countdown."""
+    unacked_restore_interval: float = Field(default=2.0, gt=0)
+    """How often kombu looks for such messages (SPEC.md §6b)."""
+    task_time_limit: float = Field(default=15.0, gt=0)
+    """Hard limit of one task (a batch takes about a second); shorter than the visibility timeout, so a
+    message is never restored while its first delivery still runs."""
     discovery_ttl_seconds: float = 300.0
     ingest_batch_prefetch: int = 4
 
@@ -58,6 +78,18 @@ class Settings(BaseSettings):
     epistemic_drift_threshold: float = Field(default=0.15, ge=0)
     retention_days: float = Field(default=30.0, gt=0)
     """Budget, entropy, response, drift and maintenance-run history older than this is deleted."""
+
+    @model_validator(mode="after")
+    def _redelivery_is_safe(self) -> Self:
+        """A message must not come back while a worker still runs it or holds it for a countdown retry."""
+        longest = max(self.task_time_limit, LONGEST_COUNTDOWN_SECONDS)
+        if self.visibility_timeout <= longest:
+            raise ValueError(
+                f"visibility_timeout ({self.visibility_timeout:g} s) must be longer than the task time "
+                f"limit ({self.task_time_limit:g} s) and the longest countdown retry "
+                f"({LONGEST_COUNTDOWN_SECONDS:g} s): a message a worker still holds would be delivered twice"
+            )
+        return self
 
     @property
     def patterns_channel(self) -> str:
