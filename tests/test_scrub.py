@@ -59,6 +59,8 @@ JWT = (
 )
 LONG_HEX = "9f86d081884c7d659a2feaa0c55ad015" + "a3bf4f1b2b0b822cd15d6c15b0f00a08"
 LONG_BASE64 = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCY4Q9zLk2Vb8Hs"
+BASE64_NO_DIGIT = "wJalrXUtnFEMIbKzMDENG" + "bPxRfiCYqQzLkVbHsWe"  # one random secret in a thousand has none
+BASE64URL_SEPARATORS = "QkOsDdMJj5qNZKzy-1-2_" + "AF_N-pMFTku_nfwcm-7"  # seven of forty are "-" or "_"
 PRIVATE_KEY_BODY = "MIIEpAIBAAKCAQEA7bq9" + "Zk3Lm8Qw2Er5Ty7Ui9Op"
 PRIVATE_KEY = f"-----BEGIN RSA PRIVATE KEY-----\n{PRIVATE_KEY_BODY}\n-----END RSA PRIVATE KEY-----"
 
@@ -485,17 +487,27 @@ RULE_CASES = [
     ("db_token='abc', api-key=XYZ&x=1", "db_token='<redacted>', api-key=<redacted>&x=1"),
     ("apiKey: k123", "apiKey: <redacted>"),
     ("run --password hunter2 --token=t0k", "run --password <redacted> --token=<redacted>"),
+    ("PASSWORD=--password hunter2", "PASSWORD=<redacted> <redacted>"),
     (f"{PRIVATE_KEY}\nnext line", "<redacted>\nnext line"),
     ("sha256:" + LONG_HEX, "sha256:<redacted>"),
     ("0x" + LONG_HEX, REDACTED),
     (f"key: {LONG_BASE64}==", "key: <redacted>"),
+    (f"sig={LONG_BASE64}&x=1", "sig=<redacted>&x=1"),
+    (f"k {BASE64_NO_DIGIT} and {BASE64URL_SEPARATORS}", "k <redacted> and <redacted>"),
     # addresses
     ("to carol.smith+ci@example.org.", "to <email>."),
+    (
+        "sheet-jo.smith@example-corp.com-7 sheet-jo.smith@example-corp.com_7 jo@example-corp.com:8080",
+        "<email>-7 <email>_7 <email>:8080",
+    ),
+    ("jo@mail.example.com-eu.net", "<email>"),
     ("<carol@mail.example.co.uk>", "<<email>>"),
     ("peer 10.20.30.40:8080, 203.0.113.9/24", "peer <ip>:8080, <ip>/24"),
     ("peer [2001:db8::1]:443 and fe80::1ff:fe23:4567:890a%eth0", "peer [<ip>]:443 and <ip>"),
     ("mapped ::ffff:10.1.2.3 and full 2001:0db8:85a3:0000:0000:8a2e:0370:7334", "mapped <ip> and full <ip>"),
     ("at fe80::1: refused", "at <ip>: refused"),
+    ("at fe80::: refused", "at <ip>: refused"),
+    ("conn_10.20.30.40_8080.log and fe80::1ff:fe23:4567:890a_eth0", "conn_<ip>_8080.log and <ip>_eth0"),
     (
         "https://bob:pw@api.example.com/v1 ssh://git@host.example.com/x",
         "https://<redacted>@api.example.com/v1 ssh://<redacted>@host.example.com/x",
@@ -516,6 +528,7 @@ RULE_CASES = [
         "ls <path>/app/ and <path> and <path>/notes.txt",
     ),
     ("open file:///opt/app/main.py", "open file://<path>/main.py"),
+    ("/mnt/data/home/bob and /System/Volumes/Data/Users/bob/", "<path> and <path>"),
     (r"C:\Users\bob\AppData\x.txt and \\server\share\dir\f.txt", r"<path>\x.txt and <path>\f.txt"),
     (r"C:\Users\bob", PATH),
     ("D:/data/proj/out.csv", "D:<path>/out.csv"),
