@@ -14,6 +14,7 @@ from ostinato.producers.preflight import (
     RelevantPattern,
 )
 from ostinato.producers.rate_limits import RateLimits, RateLimitStatus
+from ostinato.producers.spool import SpoolFull
 from ostinato.producers.subscriber import subscribe, subscribe_async
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "RateLimitStatus",
     "RateLimits",
     "RelevantPattern",
+    "SpoolFull",
     "subscribe",
     "subscribe_async",
 ]

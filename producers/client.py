@@ -1,12 +1,19 @@
 """The runner-side client: validate, scrub, hash, and hand to the background sender; rate limits and reads.
 
 Every publishing call returns the message id in about a tenth of a millisecond: validation, scrubbing and
-serialisation happen on the caller's thread, the network only ever on the sender's. The exceptions are
-deliberate: ``report_rate_limit`` and ``rate_limit_status`` make one short Redis round trip (other runners
-must see a limit at once), and the preflight reads query the store. With ``enabled=False`` every call is a
-cheap no-op, and publishing (messages and rate-limit keys) and preflight reads can be switched off
-separately, as upstream's learning configuration allows; a switched-off read gives the neutral answer
-(nothing found, the static delay, not limited).
+serialisation happen on the caller's thread, the network only ever on the sender's. Two calls make a
+network round trip on purpose: ``report_rate_limit`` and ``rate_limit_status`` make one short Redis round
+trip (other runners must see a limit at once), and the preflight reads query the store. With
+``enabled=False`` every call is a cheap no-op, and publishing (messages and rate-limit keys) and preflight
+reads can be switched off separately, as upstream's learning configuration allows; a switched-off read
+gives the neutral answer (nothing found, the static delay, not limited).
+
+What the broker cannot take now waits in a bounded spool on disk. Of the transport, only ``SpoolFull`` ever
+reaches a publishing call, and only when that spool is full: under the ``block`` policy (the default) after
+waiting ``spool_block_seconds`` for room, under ``raise`` at once; ``drop_oldest`` deletes the oldest
+spooled batch instead. Whatever is dropped or refused is counted in ``stats()``, logged as an error, and
+makes ``flush`` False. With ``durable`` each call returns only once its message is fsynced into the spool,
+so a SIGKILLed runner loses nothing it was given an id for.
 
 With ``embedded=`` a SQLite file, the client needs no server: messages are applied, limits shared and
 discoveries broadcast inside the process (``ostinato.embedded``, loaded only then, as it brings the workers).
@@ -38,7 +45,7 @@ from ostinato.producers.preflight import (
 )
 from ostinato.producers.rate_limits import NOT_LIMITED, RateLimiter, RateLimits, RateLimitStatus
 from ostinato.producers.scrub import Scrubber
-from ostinato.producers.sender import EnvelopeSender, Sender
+from ostinato.producers.sender import LOSSES, EnvelopeSender, Sender
 from ostinato.producers.subscriber import Callback, Subscription, SubscriptionThread, subscribe
 from ostinato.schema.identity import hash_job, hash_workspace
 from ostinato.schema.messages import (
@@ -120,6 +127,12 @@ class Client:
     ``embedded`` (a SQLite file, or an ``ostinato.embedded.Embedded``) runs everything in this process
     instead of through Redis and PostgreSQL; clients of one process given the same file share one runtime,
     which stops with the last of them. Its settings (a ``sqlite:///`` database URL) become ``self.settings``.
+    ``durable`` overrides ``settings.durable`` (``OSTINATO_DURABLE``): each publishing call fsyncs its
+    message into the spool before it returns (costlier per call; see the README's producer guarantees).
+
+    A publishing call raises ``SpoolFull`` when its message can be neither queued nor spooled under
+    ``settings.spool_full_policy`` (``block``: after ``spool_block_seconds``; ``raise``: at once); no other
+    transport error ever reaches it.
     """
 
     def __init__(
@@ -136,11 +149,14 @@ class Client:
         before_send: BeforeSend | None = None,
         scrubber: Scrubber | None = None,
         sender: Sender | None = None,
+        durable: bool | None = None,
     ) -> None:
         if embedded is not None and sender is not None:
             raise ValueError("a client takes either its own sender or an embedded runtime, not both")
         self._runtime = _embedded_runtime(embedded, settings) if embedded is not None and enabled else None
         self.settings = self._runtime.settings if self._runtime else settings or get_settings()
+        if durable is not None and self._runtime is None:
+            self.settings = self.settings.model_copy(update={"durable": durable})
         self.job_hash = hash_job(job_name, config_hash)
         self.workspace_hash = hash_workspace(workspace)
         self.enabled = enabled
@@ -154,6 +170,8 @@ class Client:
         self._sender: EnvelopeSender | None = sender
         if sender is None and self.publishing:
             self._sender = self._runtime.sender if self._runtime else Sender.shared(self.settings)
+        # A shared sender's losses count from this client's start; a sender given to it, from the sender's.
+        self._losses_at_start = self._losses() if sender is None else 0
         self._rate_limits: RateLimiter | None = None
         self._preflight: Preflight | None = None
 
@@ -456,7 +474,8 @@ class Client:
         """Scrub, run ``before_send`` and serialise here (about 0.1 ms); the sender only publishes.
 
         Nothing here may reach the runner as an exception: a failure (a hook that raises, say) drops the
-        message, logs it and counts it in ``stats()["failed_preparation"]``.
+        message, logs it and counts it in ``stats()["failed_preparation"]``. The sender's ``SpoolFull`` (the
+        full-spool policy's answer) is the one that does.
         """
         message_id = uuid4()
         try:
@@ -490,12 +509,23 @@ class Client:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything reported so far is on the broker (embedded: applied to the store); False if
-        ``timeout`` ran out first."""
-        return True if self._sender is None else self._sender.flush(timeout)
+        """Wait until everything reported so far is on the broker (embedded: applied to the store).
+
+        False if ``timeout`` ran out first, or if the sender dropped or refused anything since this client
+        started (``stats()["dropped"]``, ``["refused"]``): that will never arrive, however long one waits.
+        """
+        if self._sender is None:
+            return True
+        return self._sender.flush(timeout) and self._losses() == self._losses_at_start
 
     async def flush_async(self, timeout: float = 10.0) -> bool:
-        return True if self._sender is None else await self._sender.flush_async(timeout)
+        if self._sender is None:
+            return True
+        return await self._sender.flush_async(timeout) and self._losses() == self._losses_at_start
+
+    def _losses(self) -> int:
+        figures = {} if self._sender is None else self._sender.stats()
+        return sum(figures.get(name, 0) for name in LOSSES)
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush, keep what could not be sent in the spool (it is resent on the next start), stop.

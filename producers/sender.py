@@ -1,10 +1,25 @@
 """The background sender: batches envelopes into Celery task messages, spools what Redis cannot take now.
 
-The runner's thread only ever touches memory (and, when the in-memory queue is full, the local disk): all
-network I/O happens on one daemon thread. A publish fails fast (no kombu reconnect loop, short socket
-timeouts); the batch then goes to the spool, and spooled batches are resent oldest first, before anything
-newer, as soon as Redis answers again. A publish that timed out may still have reached Redis, so a resend can
-duplicate a batch: delivery is at least once, and the workers apply each ``message_id`` once.
+The runner's thread only ever touches memory and the local disk (when the in-memory queue is full, and in
+durable mode): all network I/O happens on one daemon thread. A publish fails fast (no kombu reconnect loop,
+short socket timeouts); the batch then goes to the spool, and spooled batches are resent oldest first,
+before anything newer, as soon as Redis answers again. A publish that timed out may still have reached
+Redis, so a resend can duplicate a batch: delivery is at least once, and the workers apply each
+``message_id`` once.
+
+Nothing is lost without a count in ``stats()`` and an error in the log. The spool is bounded
+(``spool_max_bytes``); when it is full, ``spool_full_policy`` decides on the thread that writes it:
+
+- ``block``: the caller waits up to ``spool_block_seconds`` for room (resending frees it), then gets
+  ``SpoolFull``. The sender thread never drops: a batch the spool cannot take stays in memory and the
+  thread takes no new envelopes, so the bounded queue fills and callers meet the policy.
+- ``raise``: ``SpoolFull`` at once when the caller's envelope can be neither queued nor spooled.
+- ``drop_oldest``: the oldest spooled batch is deleted to make room (``dropped``).
+
+Either way a refused envelope counts in ``refused``; so does one larger than the whole bound, which no room
+would ever take. Above ``ingest_queue_bound`` task messages in the ingest queue the sender publishes nothing
+and spools instead (backpressure, see ``depth``). In durable mode ``submit`` returns once the envelope is
+in the spool's journal on disk, and the thread publishes from the spool.
 """
 
 from __future__ import annotations
@@ -12,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
+import math
 import queue
 import threading
 import time
@@ -27,6 +43,7 @@ from ostinato.broker import (
     transport_options,
     use_batch_compression_level,
 )
+from ostinato.producers.depth import IngestDepth
 from ostinato.producers.spool import Batch, Spool, SpoolFull
 from ostinato.settings import Settings, redact_url
 
@@ -38,12 +55,19 @@ STAT_NAMES = (
     "submitted",
     "published",
     "spooled",
+    "journaled",
     "resent",
     "dropped",
+    "refused",
     "publish_errors",
     "task_messages",
     "overflowed",
+    "held_back",
 )
+LOSSES = ("dropped", "refused")
+"""The counts of envelopes that will never reach the broker."""
+ROOM_POLL = 0.05
+"""Seconds a blocked caller waits between two looks for room (a resend also wakes it at once)."""
 
 
 class EnvelopeSender(Protocol):
@@ -56,7 +80,7 @@ class EnvelopeSender(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
-_SHARED: dict[tuple[str, str, str], tuple[Sender, int]] = {}
+_SHARED: dict[tuple[str, str, str, bool], tuple[Sender, int]] = {}
 _SHARED_LOCK = threading.Lock()
 
 
@@ -106,35 +130,49 @@ class Sender:
         self._max_linger = max(linger_seconds, max_linger_seconds)
         self._retry_interval = retry_interval
         self._join_timeout = publish_timeout + retry_interval + 1.0
+        self._policy = settings.spool_full_policy
+        self._block_seconds = settings.spool_block_seconds
+        self.durable = settings.durable
         self._owns_spool = spool is None
-        self.spool = spool if spool is not None else Spool(settings.spool_dir, settings.spool_max_bytes)
+        if spool is None:
+            spool = Spool(settings.spool_dir, settings.spool_max_bytes, segment_limit=batch_size)
+        self.spool = spool
         self._app = producer_app(settings, publish_timeout)
         self._broker = redact_url(settings.broker_url)
         self._producer: Any = None
         self._redis_down = False
+        self._depth = IngestDepth(settings, publish_timeout)
+        self._backpressure = False
         self._queue: queue.Queue[Envelope] = queue.Queue(maxsize=queue_size)
-        self._overflow_lock = threading.Lock()
+        self._spool_lock = threading.Lock()
+        self._held: Batch = []
+        """Envelopes due in the spool after its last batch that it had no room for: at most about a batch
+        from the sender and one from a caller's overflow, kept in order and counted as in memory."""
+        self._spool_full = False
+        self._no_room_at: float = math.inf
+        """The spool's size when the held envelopes last found no room in it."""
         self._state = threading.Condition()
         self._closed = False
         self._in_memory = 0
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._wake = threading.Event()
         self._gathered = threading.Event()
+        self._arrived = threading.Event()
         self._urgent_at: float | None = None
         self._stopping = threading.Event()
-        self._shared_key: tuple[str, str, str] | None = None
+        self._shared_key: tuple[str, str, str, bool] | None = None
         self._thread = threading.Thread(target=self._run, name="ostinato-sender", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
     @classmethod
     def shared(cls, settings: Settings) -> Sender:
-        """The process's sender for these settings' broker, prefix and spool; ``release`` when done.
+        """The process's sender for these settings' broker, prefix, spool and mode; ``release`` when done.
 
         Jobs of one runner process share it, so their messages fill the same batches (one task message
         per batch is what makes ingest fast) and one spool, and only one thread publishes.
         """
-        key = (settings.broker_url, settings.key_prefix, str(settings.spool_dir))
+        key = (settings.broker_url, settings.key_prefix, str(settings.spool_dir), settings.durable)
         with _SHARED_LOCK:
             sender, users = _SHARED.get(key, (None, 0))
             if sender is None or sender._closed:
@@ -163,8 +201,10 @@ class Sender:
             self.flush(timeout)
 
     def submit(self, envelope: Envelope, *, urgent: bool = False) -> None:
-        """Queue ``envelope``; never network I/O, never raises; a full queue spills to the spool on disk.
+        """Queue ``envelope`` (durable: write it to the spool's journal and fsync); never network I/O.
 
+        A full queue spills to the spool on disk. ``SpoolFull`` is the one exception: the spool is full
+        too and the policy is ``raise``, or ``block`` and no room came within ``spool_block_seconds``.
         ``urgent`` makes the batch being gathered leave within the quiet period (``linger_seconds``) even
         while a stream keeps it filling: a pattern report is broadcast to every running job, so it should not
         wait behind a stream of outcomes.
@@ -172,7 +212,7 @@ class Sender:
         with self._state:
             self._stats["submitted"] += 1
             self._in_memory += 1
-            if not self._closed:
+            if not self.durable and not self._closed:
                 try:
                     self._queue.put_nowait(envelope)
                     if urgent and self._urgent_at is None:
@@ -183,10 +223,16 @@ class Sender:
                     return
                 except queue.Full:
                     pass
-        self._overflow(envelope)
+        if self.durable:
+            self._journal(envelope, urgent)
+        else:
+            self._overflow(envelope)
 
     def flush(self, timeout: float) -> bool:
-        """True once nothing submitted so far waits in memory or in the spool, within ``timeout`` seconds."""
+        """True once nothing submitted so far waits in memory or in the spool, within ``timeout`` seconds.
+
+        Losses do not make it False here (``Client.flush`` checks them, per client): they wait nowhere.
+        """
         deadline = time.monotonic() + timeout
         with self._state:
             while self._in_memory or len(self.spool):
@@ -213,27 +259,208 @@ class Sender:
         self._stopping.set()
         self._wake.set()
         self._gathered.set()
+        self._arrived.set()
         self._thread.join(self._join_timeout)
-        with self._overflow_lock:
-            self._spool_remaining()
+        stopped = not self._thread.is_alive()
+        with self._spool_lock:
+            self._spool_remaining(last=True)
             self._reset_connection()
-            if self._owns_spool and not self._thread.is_alive():
-                self.spool.close()
+            if stopped:
+                self._depth.close()
+                if self._owns_spool:
+                    self.spool.close()
 
     def stats(self) -> dict[str, int]:
-        """Envelope counts and what is still pending.
+        """Envelope counts, what is still pending, and whether backpressure holds batches back now.
 
         ``published`` includes ``resent`` (from the spool); ``overflowed`` counts envelopes a full queue moved
-        to the spool on the caller's thread; ``task_messages`` counts published batches.
+        to the spool on the caller's thread; ``journaled`` those durable mode wrote on it; ``task_messages``
+        counts published batches, ``held_back`` batches spooled because the ingest queue was above its bound.
+        ``dropped`` and ``refused`` are losses: each was also logged as an error.
         """
         with self._state:
-            return {**self._stats, "in_memory": self._in_memory, "spool_batches": len(self.spool)}
+            return {
+                **self._stats,
+                "in_memory": self._in_memory,
+                "spool_batches": len(self.spool),
+                "spool_bytes": self.spool.bytes_used,
+                "backpressure": int(self._backpressure),
+            }
 
     def __enter__(self) -> Sender:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # -- the caller's side when the queue is full, and in durable mode -----------------------------------
+
+    def _overflow(self, envelope: Envelope) -> None:
+        """Queue full (or sender closed): the oldest queued batch goes to disk, never to the network; when the
+        spool cannot take it, the policy decides whether the caller waits or hears ``SpoolFull``."""
+        deadline: float | None = None
+        while True:
+            with self._spool_lock:
+                if self._closed:
+                    self._held.extend(self._json_only([envelope]))
+                    self._spool_or_drop(reason="sender_closed")
+                    return
+                if self._make_room():
+                    try:
+                        self._queue.put_nowait(envelope)
+                        return
+                    except queue.Full:
+                        continue
+            deadline = self._await_room(deadline)
+            if deadline is None:
+                return
+
+    def _make_room(self) -> bool:
+        """Under the spool lock: what is held goes to the spool, then the oldest queued batch; whether the
+        queue has room now (the batch the spool could not take stays held, so memory stays bounded)."""
+        if not self._store_held():
+            return False
+        if not self._queue.full():
+            return True
+        oldest: Batch = []
+        while len(oldest) < self._batch_size:
+            try:
+                oldest.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        with self._state:
+            self._stats["overflowed"] += len(oldest)
+        self._held.extend(self._json_only(oldest))
+        self._store_held()
+        return True
+
+    def _journal(self, envelope: Envelope, urgent: bool) -> None:
+        """Durable mode: the envelope's line is in the spool's journal, fsynced, before this returns."""
+        line = _as_line(envelope)
+        if line is None:
+            self._settle(dropped=1, reason="not_json")
+            return
+        deadline: float | None = None
+        while True:
+            try:
+                if self.spool.journal(line):
+                    break
+            except Exception as error:
+                if self.spool.closed:
+                    self._settle(dropped=1, reason="sender_closed")
+                    return
+                log.exception("journal_write_failed", spool=str(self.spool.path))
+                self._refuse_caller("journal_write_failed", error)
+                return
+            if not self.spool.journal_fits(line):
+                self._refuse_caller("larger_than_spool")
+                return
+            if self._policy == "drop_oldest" and self._drop_oldest():
+                continue
+            deadline = self._await_room(deadline)
+            if deadline is None:
+                return
+        with self._state:
+            if urgent and self._urgent_at is None:
+                self._urgent_at = time.monotonic()
+                self._gathered.set()
+        self._settle(journaled=1)
+        self._arrived.set()
+        count = self.spool.journal_count
+        if count == 0 or count >= self._batch_size:  # 0: the line filled its segment, which is sealed
+            self._gathered.set()
+
+    def _await_room(self, deadline: float | None) -> float | None:
+        """The caller's envelope found no room: wait a little for some, up to the policy's deadline (none
+        under ``raise``); past it the envelope is refused, and None returned if that did not raise."""
+        now = time.monotonic()
+        if deadline is None:
+            self._report_full()
+            deadline = now + (0.0 if self._policy == "raise" else self._block_seconds)
+        if now >= deadline:
+            self._refuse_caller(f"spool_full_{self._policy}")
+            return None
+        with self._state:
+            self._state.wait(min(deadline - now, ROOM_POLL))
+        return deadline
+
+    def _refuse_caller(self, reason: str, cause: Exception | None = None) -> None:
+        """Count and log the caller's envelope as refused; tell the caller with ``SpoolFull`` unless the
+        policy is ``drop_oldest``, which never raises (it waits for room only while the oldest batch is
+        being published, so in practice it never refuses for want of room)."""
+        self._settle(refused=1, reason=reason)
+        if self._policy != "drop_oldest":
+            raise SpoolFull(
+                f"spool {self.spool.path} holds {self.spool.bytes_used} of {self.spool.max_bytes} bytes"
+                f" (policy {self._policy}): {reason}"
+            ) from cause
+
+    # -- the spool and what it has no room for ------------------------------------------------------------
+
+    def _store_held(self) -> bool:
+        """Under the spool lock: spool the held envelopes as far as there is room (``drop_oldest``: made);
+        True once none is left. Otherwise the rest stays held, in order, until room comes.
+
+        Once nothing fitted, no append is tried (each compresses a batch) until the spool has shrunk.
+        """
+        while self._held:
+            if self.spool.bytes_used >= self._no_room_at and not (
+                self._policy == "drop_oldest" and self._drop_oldest()
+            ):
+                self._report_full()
+                return False
+            try:
+                stored = self.spool.append(self._held)
+            except Exception:
+                if not self._spool_full:
+                    log.exception("spool_write_failed", spool=str(self.spool.path))
+                self._report_full()
+                return False
+            if stored:
+                del self._held[:stored]
+                self._settle(spooled=stored)
+                self._no_room_at = math.inf
+            elif not self.spool.fits_alone(self._held[0]):
+                del self._held[0]
+                self._settle(refused=1, reason="larger_than_spool")
+            else:
+                self._no_room_at = self.spool.bytes_used
+        return True
+
+    def _spool_or_drop(self, reason: str) -> None:
+        """Under the spool lock, when no one will send again: spool what is held, drop the rest loudly."""
+        if self.spool.closed:
+            count, self._held = len(self._held), []
+            self._settle(dropped=count, reason=reason)
+            return
+        if not self._store_held():
+            count, self._held = len(self._held), []
+            self._settle(dropped=count, reason="spool_full")
+
+    def _drop_oldest(self) -> bool:
+        """``drop_oldest``: delete the oldest spooled batch (not the one being published) to make room."""
+        self._report_full()
+        count = self.spool.drop_oldest()
+        if count is None:
+            return False
+        with self._state:
+            self._stats["dropped"] += count
+        log.error("envelopes_dropped", count=count, reason="drop_oldest", spool=str(self.spool.path))
+        return True
+
+    def _report_full(self) -> None:
+        """Log the spool's being full once, until the backlog has drained."""
+        if not self._spool_full:
+            self._spool_full = True
+            log.error(
+                "spool_full",
+                spool=str(self.spool.path),
+                bytes_used=self.spool.bytes_used,
+                max_bytes=self.spool.max_bytes,
+                policy=self._policy,
+            )
+
+    # -- the sender's thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -242,38 +469,106 @@ class Sender:
             except Exception:
                 log.exception("sender_step_failed")
                 self._stopping.wait(self._retry_interval)
-        self._spool_remaining()
+        with self._spool_lock:
+            self._spool_remaining(last=False)
 
     def _step(self) -> None:
-        """Resend the spool first; while Redis is away, spool what comes in until the next retry."""
+        """Resend the backlog first; while it cannot go, spool what comes in until the next retry."""
         self._wake.clear()
-        if len(self.spool) and not self._resend_spool():
-            retry_at = time.monotonic() + self._retry_interval
-            while (left := retry_at - time.monotonic()) > 0 and not (
-                self._wake.is_set() or self._stopping.is_set()
-            ):
-                self._spool_batch(self._collect(first_wait=0.0, gather=left))
+        if not self._drain():
+            self._hold_until_retry()
+            return
+        if self.durable:
+            self._seal(first_wait=self._retry_interval, gather=self._linger, longest=self._max_linger)
             return
         batch = self._collect(first_wait=self._retry_interval, gather=self._linger, longest=self._max_linger)
         if not batch:
             return
-        if len(self.spool) == 0 and self._publish(batch):
-            self._settle(published=len(batch))
-        else:
+        if self.spool.sealed or self._held or not self._may_publish() or not self._publish(batch):
             self._spool_batch(batch)
+        else:
+            self._settle(published=len(batch))
 
-    def _resend_spool(self) -> bool:
-        """Publish spooled batches oldest first; False at the first failure (Redis still away)."""
-        while not self._stopping.is_set() and (head := self.spool.peek()) is not None:
-            key, batch = head
-            if not self._publish(batch):
+    def _drain(self) -> bool:
+        """Publish the backlog oldest first, the spool's batches then what it had no room for; True once it
+        is empty, False at the first batch that cannot go now (Redis away, backpressure)."""
+        while not self._stopping.is_set():
+            if (head := self.spool.peek()) is not None:
+                key, batch = head
+                if not self._may_publish() or not self._publish(batch):
+                    self.spool.release(key)
+                    return False
+                fresh = self.spool.remove(key)
+                with self._state:
+                    self._stats["published"] += len(batch)
+                    self._stats["resent"] += 0 if fresh else len(batch)
+                    self._state.notify_all()
+                continue
+            with self._spool_lock:
+                if self.spool.sealed:
+                    continue
+                held, self._held = self._held, []
+            if not held:
+                self._spool_full = False
+                return True
+            if not self._may_publish() or not self._publish(held):
+                with self._spool_lock:
+                    self._held[:0] = held
+                    self._store_held()
                 return False
-            self.spool.remove(key)
+            self._settle(published=len(held))
+        return False
+
+    def _hold_until_retry(self) -> None:
+        """Until the next retry, spool what comes in; with the spool full (``block``, ``raise``) take nothing
+        new, so the queue fills and callers meet the policy."""
+        retry_at = time.monotonic() + self._retry_interval
+        while (left := retry_at - time.monotonic()) > 0 and not (
+            self._wake.is_set() or self._stopping.is_set()
+        ):
+            if self.durable:
+                if self._seal(first_wait=0.0, gather=left) is not None and self._backpressure:
+                    with self._state:
+                        self._stats["held_back"] += 1
+                self.spool.compact()
+            elif self._held:
+                self._wake.wait(left)
+            else:
+                self._spool_queued(wait=left)
+
+    def _spool_queued(self, wait: float) -> None:
+        """Once a batch is queued or ``wait`` has passed, spool what is queued; taken from the queue under the
+        spool lock, as a caller's overflow takes it, so neither can put newer envelopes ahead of older."""
+        self._gathered.clear()
+        if self._queue.qsize() < self._batch_size:
+            self._gathered.wait(wait)
+        with self._spool_lock:
+            batch: Batch = []
+            while len(batch) < self._batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch and self._backpressure:
+                with self._state:
+                    self._stats["held_back"] += 1
+            self._held.extend(self._json_only(batch))
+            self._store_held()
+
+    def _may_publish(self) -> bool:
+        """False while the ingest queue holds more than ``ingest_queue_bound`` task messages. While Redis
+        is away there is no asking: the publish finds out when it is back."""
+        if self._redis_down:
+            return True
+        above = self._depth.above_bound()
+        if above != self._backpressure:
             with self._state:
-                self._stats["resent"] += len(batch)
-                self._stats["published"] += len(batch)
-                self._state.notify_all()
-        return not len(self.spool)
+                self._backpressure = above
+            if above:
+                log.warning("ingest_backpressure", queue=self._depth.key, bound=self._depth.bound)
+            else:
+                log.info("ingest_backpressure_over", queue=self._depth.key, bound=self._depth.bound)
+        return not above
 
     def _collect(self, *, first_wait: float, gather: float, longest: float | None = None) -> Batch:
         """Up to ``batch_size`` envelopes: the first within ``first_wait``, then more until none has come for
@@ -314,6 +609,32 @@ class Sender:
                 return self._json_only(batch)
             self._gathered.wait(left)
 
+    def _seal(self, *, first_wait: float, gather: float, longest: float | None = None) -> int | None:
+        """Durable mode: the journal's open segment sealed into a batch once gathered as ``_collect`` gathers
+        (the envelopes are on disk already; this only decides the batches); its spool key, or None."""
+        if first_wait > 0 and not self.spool.journal_count:
+            self._arrived.clear()
+            if not self.spool.journal_count and not self._arrived.wait(first_wait):
+                return None
+        now = time.monotonic()
+        cap = now + (gather if longest is None else longest)
+        quiet = now + gather
+        seen = 0
+        while True:
+            self._gathered.clear()
+            with self._state:
+                urgent_at, self._urgent_at = self._urgent_at, None
+            count = self.spool.journal_count
+            now = time.monotonic()
+            if count > seen:
+                quiet, seen = now + gather, count
+            if urgent_at is not None:
+                cap = min(cap, urgent_at + gather)
+            left = min(quiet, cap) - now
+            if count >= self._batch_size or left <= 0 or self._wake.is_set() or self._stopping.is_set():
+                return self.spool.seal()
+            self._gathered.wait(left)
+
     def _publish(self, batch: Batch) -> bool:
         """One task message for the whole batch, or False after one fast attempt when Redis is away."""
         try:
@@ -339,51 +660,31 @@ class Sender:
         if self._redis_down:
             log.info("publish_recovered", broker=self._broker)
             self._redis_down = False
+        self._depth.published()
         with self._state:
             self._stats["task_messages"] += 1
         return True
 
-    def _overflow(self, envelope: Envelope) -> None:
-        """Queue full (or sender closed): the oldest queued batch goes to disk, never to the network."""
-        with self._overflow_lock:
-            if self._closed:
-                if self.spool.closed:
-                    self._settle(dropped=1, reason="sender_closed")
-                else:
-                    self._spool_batch(self._json_only([envelope]))
-                return
-            oldest: Batch = []
-            while len(oldest) < self._batch_size:
-                try:
-                    oldest.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if oldest:
-                with self._state:
-                    self._stats["overflowed"] += len(oldest)
-                self._spool_batch(self._json_only(oldest))
-            try:
-                self._queue.put_nowait(envelope)
-            except queue.Full:
-                self._spool_batch(self._json_only([envelope]))
-
     def _spool_batch(self, batch: Batch) -> None:
+        """The thread's batch goes to the spool, ahead of what a caller's overflow holds (that is newer)."""
         if not batch:
             return
-        try:
-            self.spool.append(batch)
-        except SpoolFull:
-            self._settle(dropped=len(batch), reason="spool_full")
-        except Exception:
-            log.exception("spool_write_failed", spool=str(self.spool.path))
-            self._settle(dropped=len(batch), reason="spool_error")
-        else:
-            self._settle(spooled=len(batch))
+        with self._spool_lock:
+            self._held[:0] = batch
+            if self._backpressure:
+                with self._state:
+                    self._stats["held_back"] += 1
+            self._store_held()
 
-    def _spool_remaining(self) -> None:
-        """On stop, what is still in memory goes to disk, for the next Sender on this spool to resend."""
+    def _spool_remaining(self, *, last: bool) -> None:
+        """Under the spool lock, on stop: what is still in memory goes to disk, for the next Sender on this
+        spool to resend; at ``close`` (``last``) what the spool has no room for is dropped, loudly."""
         while batch := self._collect(first_wait=0.0, gather=0.0):
-            self._spool_batch(batch)
+            self._held.extend(batch)
+        if last:
+            self._spool_or_drop(reason="sender_closed")
+        else:
+            self._store_held()
 
     def _json_only(self, batch: Batch) -> Batch:
         """Drop (loudly) what JSON cannot encode, so one bad envelope neither blocks nor poisons a batch."""
@@ -403,11 +704,19 @@ class Sender:
         *,
         published: int = 0,
         spooled: int = 0,
+        journaled: int = 0,
         dropped: int = 0,
+        refused: int = 0,
         reason: str = "",
     ) -> None:
-        """Count envelopes that left memory and wake ``flush``; a drop is always logged as an error."""
-        counts = {"published": published, "spooled": spooled, "dropped": dropped}
+        """Count envelopes that left memory and wake ``flush``; a loss is always logged as an error."""
+        counts = {
+            "published": published,
+            "spooled": spooled,
+            "journaled": journaled,
+            "dropped": dropped,
+            "refused": refused,
+        }
         with self._state:
             for name, count in counts.items():
                 self._stats[name] += count
@@ -415,6 +724,8 @@ class Sender:
             self._state.notify_all()
         if dropped:
             log.error("envelopes_dropped", count=dropped, reason=reason, spool=str(self.spool.path))
+        if refused:
+            log.error("envelopes_refused", count=refused, reason=reason, spool=str(self.spool.path))
 
     def _reset_connection(self) -> None:
         """Forget the connection after a failure, so the next publish starts clean."""
@@ -424,6 +735,16 @@ class Sender:
                 producer.connection.release()
             except Exception:
                 log.debug("connection_release_failed", exc_info=True)
+
+
+def _as_line(envelope: Envelope) -> str | None:
+    """An envelope as one line of JSON text (JSON escapes every newline in it); None if not encodable."""
+    if isinstance(envelope, str):
+        return envelope.replace("\n", " ") if "\n" in envelope else envelope
+    try:
+        return json.dumps(envelope, separators=(",", ":"))
+    except Exception:
+        return None
 
 
 def _encodable(envelope: Envelope) -> bool:

@@ -8,8 +8,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -26,11 +28,16 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One ``redis-server`` without persistence on a fixed free port: stop, start, pause and resume it."""
+    """One ``redis-server`` on a fixed free port: stop, start, pause and resume it.
 
-    def __init__(self) -> None:
+    Without persistence by default, so a restart empties it; ``persistent`` keeps an append-only file
+    (fsync on every write) in a directory of its own, so what Redis acknowledged survives a restart.
+    """
+
+    def __init__(self, persistent: bool = False) -> None:
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.dir = Path(tempfile.mkdtemp(prefix="ostinato-test-redis-")) if persistent else None
 
     @property
     def url(self) -> str:
@@ -49,9 +56,11 @@ class RedisServer:
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
         ]
+        if self.dir is None:
+            command += ["--appendonly", "no"]
+        else:
+            command += ["--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:
@@ -70,6 +79,11 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def pause(self) -> None:
         """Keep accepting connections but answer nothing: a hung server, not a refused connection."""

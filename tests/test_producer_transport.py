@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from ostinato.broker import BATCH_COMPRESSION, BATCH_COMPRESSION_LEVEL, BATCH_TASK
 from ostinato.producers.sender import Sender, producer_app
-from ostinato.producers.spool import Spool, SpoolFull
+from ostinato.producers.spool import Spool
 from ostinato.settings import Settings
 
 SHARED_URL = os.environ.get("OSTINATO_BROKER_URL", "redis://127.0.0.1:6379/0")
@@ -124,7 +124,7 @@ def test_spool_is_fifo_and_keeps_order_and_numbering_across_restart(tmp_path: Pa
     for n in range(3):
         spool.append([envelope(n)])
     assert len(spool) == 3
-    assert spool.bytes_used == sum(f.stat().st_size for f in spool.path.glob("*.json"))
+    assert spool.bytes_used == sum(f.stat().st_size for f in spool.path.glob("*.zst"))
     first = spool.peek()
     assert first is not None and seq(first[1][0]) == 0
     spool.remove(first[0])
@@ -159,13 +159,12 @@ def test_spool_ignores_a_half_written_batch(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_spool_bound_raises_spool_full_and_logs_an_error(tmp_path: Path) -> None:
+def test_spool_bound_is_never_exceeded(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=2_000)
-    with capture_logs() as logs, pytest.raises(SpoolFull):
-        for n in range(100):
-            spool.append([envelope(n)])
+    stored = [spool.append([envelope(n)]) for n in range(100)]
     assert 0 < spool.bytes_used <= 2_000
-    assert any(entry["event"] == "spool_full" and entry["log_level"] == "error" for entry in logs)
+    assert stored[0] == 1 and stored[-1] == 0
+    assert len(spool) == sum(stored)
     spool.close()
 
 
@@ -175,7 +174,7 @@ def test_spool_sets_a_corrupt_file_aside_and_goes_on(tmp_path: Path) -> None:
     spool.append([envelope(1)])
     spool.append([envelope(2)])
     spool.close()
-    corrupt = sorted(spool.path.glob("*.json"))[1]
+    corrupt = sorted(spool.path.glob("*.zst"))[1]
     corrupt.write_bytes(b"\x00not json")
 
     reopened = Spool(tmp_path, max_bytes=1 << 20)
@@ -424,7 +423,7 @@ def test_spool_survives_restart_and_a_new_sender_resends_in_order(
     a.close(timeout=0.5)
     stats_a = a.stats()
     assert stats_a["spooled"] == 300 and stats_a["published"] == stats_a["dropped"] == 0
-    assert list(tmp_path.glob("slot-0/*.json"))
+    assert list(tmp_path.glob("slot-0/*.zst"))
 
     private_redis.start()
     b = Sender(settings, batch_size=50, publish_timeout=0.5, retry_interval=0.1)
@@ -432,7 +431,7 @@ def test_spool_survives_restart_and_a_new_sender_resends_in_order(
     stats_b = b.stats()
     b.close()
     assert stats_b["resent"] == 300
-    assert not list(tmp_path.glob("slot-0/*.json"))
+    assert not list(tmp_path.glob("slot-0/*.zst"))
     with private_redis.client() as client:
         assert [e["seq"] for e in published(queued_messages(client, prefix))] == list(range(300))
 
@@ -455,20 +454,27 @@ def test_spooled_batches_go_before_newer_ones(tmp_path: Path, private_redis: Red
         assert [e["seq"] for e in published(queued_messages(client, prefix))] == list(range(100))
 
 
-def test_spool_full_counts_and_logs_drops(tmp_path: Path, private_redis: RedisServer) -> None:
+def test_spool_full_drop_oldest_counts_and_logs_drops(tmp_path: Path, private_redis: RedisServer) -> None:
     prefix = f"ostinato-test-{uuid.uuid4().hex[:12]}:"
     private_redis.stop()
-    settings = settings_for(private_redis.url, prefix, tmp_path, max_bytes=20_000)
+    settings = settings_for(private_redis.url, prefix, tmp_path, max_bytes=4_000)
+    settings = settings.model_copy(update={"spool_full_policy": "drop_oldest"})
     with capture_logs() as logs:
         sender = Sender(settings, batch_size=10, queue_size=20, publish_timeout=0.5, retry_interval=0.1)
-        durations: list[float] = []
-        submit_timed(sender, [envelope(n, pad=200) for n in range(500)], durations)
+        for n in range(500):
+            sender.submit(envelope(n, pad=200))
         sender.close(timeout=0.5)
     stats = sender.stats()
-    assert max(durations) < SUBMIT_BOUND
-    assert stats["dropped"] > 0
-    assert stats["spooled"] + stats["dropped"] == stats["submitted"] == 500
-    assert sender.spool.bytes_used <= 20_000
+    kept = Spool(tmp_path, max_bytes=4_000)
+    remaining = []
+    while (head := kept.peek()) is not None:
+        remaining += [seq(item) for item in head[1]]
+        kept.remove(head[0])
+    kept.close()
+    assert stats["spooled"] == stats["submitted"] == 500
+    assert stats["dropped"] == 500 - len(remaining) > 0
+    assert stats["refused"] == stats["in_memory"] == 0
+    assert remaining == list(range(500 - len(remaining), 500)), "the newest are kept, in order"
     assert any(e["event"] == "envelopes_dropped" and e["log_level"] == "error" for e in logs)
     assert any(e["event"] == "spool_full" and e["log_level"] == "error" for e in logs)
 
@@ -481,7 +487,7 @@ def test_sender_sets_a_corrupt_spool_file_aside_and_resends_the_rest(
     for n in range(3):
         spool.append([envelope(n)])
     spool.close()
-    sorted(spool.path.glob("*.json"))[1].write_text('{"not": "a list"}')
+    sorted(spool.path.glob("*.zst"))[1].write_text('{"not": "a list"}')
 
     with capture_logs() as logs, Sender(settings_for(private_redis.url, prefix, tmp_path)) as sender:
         assert sender.flush(5)

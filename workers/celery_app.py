@@ -11,14 +11,17 @@ from kombu.entity import Queue
 from ostinato.broker import INGEST_QUEUE, MAINTENANCE_QUEUE, transport_options
 from ostinato.settings import Settings, get_settings
 from ostinato.workers import json_codec
+from ostinato.workers.transport import TRANSPORT
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """JSON only, late acks, redelivery of what a dead worker held, no result backend."""
     return {
         "broker_url": settings.broker_url,
+        "broker_transport": TRANSPORT if settings.broker_url.startswith("redis://") else None,
         "broker_transport_options": transport_options(settings),
         "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -26,6 +29,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_ignore_result": True,
+        # A task still running when the broker connection drops finishes and applies its delivery; the
+        # copy Redis delivers again is then a duplicate, skipped. Cancelling it would waste that work.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_prefetch_multiplier": settings.ingest_batch_prefetch,
         "worker_consumer": "ostinato.workers.consumer:DeadLetteringConsumer",
         "task_default_queue": INGEST_QUEUE,
