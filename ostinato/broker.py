@@ -56,9 +56,10 @@ def transport_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": settings.unacked_restore_interval,
         "unacked_restore_throttle": 1,
-        # kombu's restore lock outlives a worker killed while holding it by its expiry (300 s by default);
-        # restoring twice is harmless because every message is applied once.
-        "unacked_mutex_expire": 60,
+        # kombu's restore lock outlives a worker killed while holding it (for the milliseconds of one scan) by
+        # its expiry, 300 s by default: short, so that rare kill still recovers within about 30 s. Two scans
+        # at once restore each message once (kombu restores in a WATCH transaction).
+        "unacked_mutex_expire": 10,
     }
     options.update(overrides)
     return options

@@ -32,11 +32,14 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str = "a condi
 class CeleryWorker:
     """One worker subprocess: the test's environment plus ``overrides``, its output in ``log_path``."""
 
-    def __init__(self, log_path: Path, overrides: Mapping[str, str], concurrency: int = 2) -> None:
+    def __init__(
+        self, log_path: Path, overrides: Mapping[str, str], concurrency: int = 2, queues: str = INGEST_QUEUE
+    ) -> None:
         self.log_path = log_path
         self.name = f"resilience-{uuid.uuid4().hex[:8]}"
         self.env = {**os.environ, **overrides}
         self.concurrency = concurrency
+        self.queues = queues
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CeleryWorker:
@@ -48,7 +51,7 @@ class CeleryWorker:
             "ostinato.workers",
             "worker",
             "-Q",
-            INGEST_QUEUE,
+            self.queues,
             "-c",
             str(self.concurrency),
             "-P",
@@ -90,6 +93,12 @@ class CeleryWorker:
         assert self.process is not None
         os.kill(self.process.pid, signum)
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the main process and its pool children (``VmRSS`` in ``/proc``)."""
+        assert self.process is not None
+        main = self.process.pid
+        return sum(resident_bytes(pid) for pid in [main, *children(main)])
+
     def kill(self) -> None:
         """SIGKILL the whole process group (main process and pool children), reap it, wait until none runs."""
         if self.process is None:
@@ -100,6 +109,25 @@ class CeleryWorker:
         self.process.wait(timeout=30)
         self.process = None
         wait_for(lambda: not group_running(group), 10, f"process group {group} to die")
+
+
+def children(parent: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def group_running(group: int) -> bool:
@@ -116,10 +144,10 @@ def group_running(group: int) -> bool:
 
 @contextlib.contextmanager
 def celery_worker(
-    log_path: Path, overrides: Mapping[str, str], concurrency: int = 2
+    log_path: Path, overrides: Mapping[str, str], concurrency: int = 2, queues: str = INGEST_QUEUE
 ) -> Iterator[CeleryWorker]:
     """A started worker that is SIGKILLed and reaped on leaving the block, whatever happened in it."""
-    worker = CeleryWorker(log_path, overrides, concurrency)
+    worker = CeleryWorker(log_path, overrides, concurrency, queues)
     try:
         yield worker.start()
     finally:

@@ -70,6 +70,11 @@ def delete_prefixed(client: redis.Redis, prefix: str) -> None:
         client.delete(key)
 
 
+def waiting(client: redis.Redis, prefix: str) -> tuple[int, int]:
+    """Task messages (queued, delivered to a worker and not acknowledged yet)."""
+    return int(client.llen(f"{prefix}{INGEST_QUEUE}")), int(client.hlen(f"{prefix}unacked"))
+
+
 def held(client: redis.Redis, prefix: str) -> int:
     """Task messages in Redis: queued, or delivered to a worker and not acknowledged yet."""
     return int(client.llen(f"{prefix}{INGEST_QUEUE}")) + int(client.hlen(f"{prefix}unacked"))
@@ -327,7 +332,7 @@ def admin_url() -> str:
     return url.render_as_string(hide_password=False)
 
 
-def test_worker_retries_until_the_database_exists_then_applies_once(
+def test_worker_waits_for_the_database_to_exist_then_applies_once(
     prefix: str, tmp_path: Path, shared_redis: redis.Redis
 ) -> None:
     base = make_url(os.environ["OSTINATO_DATABASE_URL"])
@@ -346,25 +351,29 @@ def test_worker_retries_until_the_database_exists_then_applies_once(
             finally:
                 client.close()
 
-            # Backoff is 1, 2, 4 s: the third failure shows the delivery is being retried, and leaves 4 s to
-            # create and migrate the database before the next attempt (an attempt that finds the database
-            # without its tables fails with ProgrammingError, which is not retried: the batch is lost).
-            wait_for(lambda: re.search(r"Retry in 4(\.0)?s", worker.log()) is not None, 30, "a third retry")
+            # The first attempt fails and trips the worker's gate: it stops consuming, and the retried
+            # delivery waits in Redis while the probe finds no database, then a database without tables.
+            wait_for(lambda: "database_away_consuming_paused" in worker.log(), 30, "the worker to pause")
+            wait_for(lambda: waiting(shared_redis, prefix) == (1, 0), 5, "the retried message back in Redis")
             log = worker.log()
             assert "does not exist" in log
             assert "raised unexpected" not in log
-            wait_for(lambda: held(shared_redis, prefix) == 1, 3, "the retried message to be held in Redis")
 
             with admin.connect() as connection:
                 connection.execute(text(f'CREATE DATABASE "{name}"'))
+            time.sleep(2)
+            assert waiting(shared_redis, prefix) == (1, 0)
+            assert "database_back_consuming_resumed" not in worker.log()
             migrate.upgrade(url)
             ready_at = time.monotonic()
             engine = create_store_engine(url)
             wait_for(lambda: processed_ids(engine) == ids, 30, "the retried batch to be applied")
             applied_after = time.monotonic() - ready_at
             wait_for(lambda: broker_idle(shared_redis, prefix), 30, "the retried message to be acknowledged")
-            attempts = len(re.findall(r"retry: Retry in", worker.log())) + 1
+            log = worker.log()
+            attempts = len(re.findall(r"retry: Retry in", log)) + 1
 
+        assert "database_back_consuming_resumed" in log
         assert processed_ids(engine) == ids
         assert count(engine, executions) == len(ids)
         assert count(engine, dead_letters) == 0

@@ -15,12 +15,14 @@ from ostinato.settings import Settings, get_settings
 from ostinato.workers import runtime
 from ostinato.workers.broadcast import publish_discoveries
 from ostinato.workers.celery_app import app
-from ostinato.workers.intake import INFRASTRUCTURE_ERRORS
+from ostinato.workers.intake import NOT_THE_MESSAGES_FAULT
 from ostinato.workers.maintenance import PASSES, period_seconds
 
 TASK_PREFIX = "ostinato.maintenance."
 MAX_RETRIES = 3
-"""A pass that misses its database retries a little; the next period's pass covers the rest."""
+"""A pass that misses its database is retried (once the worker's gate finds the database answering) a few
+times; the next period's pass covers the rest."""
+GATED = "ostinato.workers.request:GatedRequest"
 
 
 def task_name(name: str) -> str:
@@ -45,9 +47,8 @@ def run_maintenance(task: Task, name: str) -> dict[str, Any]:
     settings = get_settings()
     try:
         result = PASSES[name](runtime.store(), settings)
-    except INFRASTRUCTURE_ERRORS as error:
-        countdown = min(period_seconds(settings, name) / 4, 2.0**task.request.retries)
-        raise task.retry(exc=error, countdown=countdown, max_retries=MAX_RETRIES) from error
+    except NOT_THE_MESSAGES_FAULT as error:
+        raise task.retry(exc=error, countdown=0, max_retries=MAX_RETRIES) from error
     published = publish_discoveries(runtime.redis_client(), settings.patterns_channel, result.discoveries)
     return {
         "task": name,
@@ -63,7 +64,7 @@ def _maintenance_task(name: str) -> Task:
         return run_maintenance(self, name)
 
     maintain.__name__ = f"maintain_{name}"
-    task: Task = app.task(name=task_name(name), bind=True, shared=False)(maintain)
+    task: Task = app.task(name=task_name(name), bind=True, shared=False, Request=GATED)(maintain)
     return task
 
 

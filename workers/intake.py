@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
+from billiard.exceptions import SoftTimeLimitExceeded  # type: ignore[import-untyped]
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
@@ -33,6 +34,9 @@ class SchemaMissingError(Exception):
 INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, SchemaMissingError)
 """The database is away, its schema is not there yet, or the connection broke: the whole delivery is retried
 later and nothing is blamed."""
+NOT_THE_MESSAGES_FAULT = (*INFRASTRUCTURE_ERRORS, SoftTimeLimitExceeded)
+"""Raised through: the delivery is retried whole. Celery raises ``SoftTimeLimitExceeded`` inside a task that
+runs too long (most likely on a slow database); it must not be taken for a message the store refused."""
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,12 @@ class Intake:
         """Apply the delivery once: valid messages in one transaction, the rest dead-lettered with reasons.
 
         If the store refuses the batch for a reason other than an absent database, the messages are applied
-        one by one so that only the message at fault is dead-lettered. Raises only ``INFRASTRUCTURE_ERRORS``.
+        one by one so that only the message at fault is dead-lettered. Raises only ``NOT_THE_MESSAGES_FAULT``.
         """
         valid, rejected = validate(raw_envelopes, expected_kind)
         try:
             return self.store.run(lambda: self._apply_all(valid, rejected))
-        except INFRASTRUCTURE_ERRORS:
+        except NOT_THE_MESSAGES_FAULT:
             raise
         except Exception as error:
             _raise_if_schema_missing(error)
@@ -122,7 +126,7 @@ class Intake:
         for index, message in enumerate(valid):
             try:
                 report = self._apply([message])
-            except INFRASTRUCTURE_ERRORS:
+            except NOT_THE_MESSAGES_FAULT:
                 raise
             except Exception as error:
                 _raise_if_schema_missing(error)

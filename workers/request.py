@@ -1,4 +1,4 @@
-"""A task request that decodes a delivery once: in the consumer process, not again in the pool process."""
+"""Task requests as the worker's consumer process sees them: gated on the database, decoded once."""
 
 from __future__ import annotations
 
@@ -6,8 +6,27 @@ from typing import Any
 
 from celery.worker.request import Request
 
+from ostinato.workers import gate
 
-class DecodedOnceRequest(Request):  # type: ignore[misc]
+
+class GatedRequest(Request):  # type: ignore[misc]
+    """Tells the worker's database gate when a task retried: its database failed.
+
+    Every retry of an ostinato task is a database failure (``tasks`` and ``beat`` retry nothing else), and a
+    hard time limit is most likely a database that hangs. These handlers run in the consumer process.
+    """
+
+    def on_retry(self, exc_info: Any) -> None:
+        gate.current().trip()
+        super().on_retry(exc_info)
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft:
+            gate.current().trip()
+        super().on_timeout(soft, timeout)
+
+
+class DecodedOnceRequest(GatedRequest):
     """Hands the pool the arguments the consumer already decoded, instead of the raw body.
 
     Celery's consumer decodes every task body (it keeps the arguments for events and error reports), then

@@ -8,7 +8,10 @@ import os
 import redis
 
 from ostinato.settings import get_settings
-from ostinato.workers.store import Store
+from ostinato.workers.store import Store, create_store_engine
+
+CONNECT_TIMEOUT_SECONDS = 5
+"""A database host that drops packets fails a delivery in this long, well within its soft time limit."""
 
 _stores: dict[int, Store] = {}
 _redis: dict[int, redis.Redis] = {}
@@ -19,7 +22,9 @@ def store() -> Store:
     """This process's store; a forked child never reuses its parent's connections."""
     pid = os.getpid()
     if pid not in _stores:
-        _stores[pid] = Store.from_url(get_settings().database_url)
+        url = get_settings().database_url
+        timeout = {} if url.startswith("sqlite") else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+        _stores[pid] = Store(create_store_engine(url, connect_args=timeout))
     return _stores[pid]
 
 

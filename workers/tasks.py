@@ -17,20 +17,21 @@ from ostinato.workers import runtime
 from ostinato.workers.broadcast import publish_discoveries
 from ostinato.workers.celery_app import app
 from ostinato.workers.detection.jobs import detect_sightings
-from ostinato.workers.intake import INFRASTRUCTURE_ERRORS, Intake
+from ostinato.workers.intake import NOT_THE_MESSAGES_FAULT, Intake
 
 DECODED_ONCE = "ostinato.workers.request:DecodedOnceRequest"
-MAX_BACKOFF_SECONDS = 60.0
 MAX_INFRASTRUCTURE_RETRIES = 200
-"""With the 60 s cap, a delivery waits about three hours for its database before it is given up."""
-
-
-def backoff(retries: int) -> float:
-    return float(min(MAX_BACKOFF_SECONDS, 2**retries))
+"""Attempts of one delivery that fail on the database. A worker attempts again only once its gate found the
+database answering (``gate``), after a pause that grows to a minute: about three hours of a database that
+answers probes but fails every delivery before a delivery is given up."""
 
 
 def run_ingest(task: Task, raw: object, expected_kind: str | None) -> dict[str, int]:
-    """Apply one delivery; an absent database retries the whole delivery with exponential backoff."""
+    """Apply one delivery; a database failure or a delivery past its soft time limit is retried whole.
+
+    The retry is a new message in Redis without a countdown; the worker's gate stops consuming until the
+    database answers, so the retried delivery waits in Redis, not in the worker's memory.
+    """
     settings = get_settings()
     intake = Intake(
         runtime.store(),
@@ -41,10 +42,8 @@ def run_ingest(task: Task, raw: object, expected_kind: str | None) -> dict[str, 
     )
     try:
         report = intake(raw, expected_kind)
-    except INFRASTRUCTURE_ERRORS as error:
-        raise task.retry(
-            exc=error, countdown=backoff(task.request.retries), max_retries=MAX_INFRASTRUCTURE_RETRIES
-        ) from error
+    except NOT_THE_MESSAGES_FAULT as error:
+        raise task.retry(exc=error, countdown=0, max_retries=MAX_INFRASTRUCTURE_RETRIES) from error
     runtime.settle_heap()
     broadcast = publish_discoveries(runtime.redis_client(), settings.patterns_channel, report.discoveries)
     return {
