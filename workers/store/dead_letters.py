@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ostinato.schema.tables import dead_letters
+from ostinato.workers.redaction import scrub_body, scrub_text
 from ostinato.workers.store.base import new_id, transactional
 from ostinato.workers.store.patterns import PatternsMixin
 
@@ -28,7 +29,8 @@ class DeadLettersMixin(PatternsMixin):
         task_name: str | None = None,
     ) -> str:
         """Keep a message that cannot be applied. A given ``letter_id`` is written once, however often
-        the same delivery is retried."""
+        the same delivery is retried. Body, reason, kind and task name are scrubbed first (the reason may
+        quote the message, a store error its values); the body stays replayable (see ``redaction``)."""
         letter_id = letter_id or new_id()
         self.conn.execute(
             self.insert(dead_letters)
@@ -36,10 +38,10 @@ class DeadLettersMixin(PatternsMixin):
             .values(
                 id=letter_id,
                 message_id=message_id,
-                kind=kind,
-                task_name=task_name,
-                reason=reason,
-                raw_body=raw_body,
+                kind=_short(kind),
+                task_name=_short(task_name),
+                reason=scrub_text(reason),
+                raw_body=scrub_body(raw_body),
                 received_at=self.now(),
             )
         )
@@ -59,3 +61,8 @@ class DeadLettersMixin(PatternsMixin):
             update(dead_letters).where(dead_letters.c.id.in_(list(ids))).values(replayed_at=at or self.now())
         )
         return result.rowcount
+
+
+def _short(value: str | None) -> str | None:
+    """A scrubbed kind or task name, cut to its column's 200 characters (a token can lengthen it)."""
+    return None if value is None else scrub_text(value)[:200]
