@@ -93,3 +93,15 @@ def test_final_status_is_kept_in_lower_case(store: Store) -> None:
     Intake(store, delivery_id="d-status", task_name="t")([raw])
     (execution,) = store.get_recent_executions(limit=1)
     assert execution.status == "failed"
+
+
+def test_a_delivery_given_up_is_dead_lettered_whole_and_once(store: Store) -> None:
+    raw = [as_json(outcome(1)), as_json(outcome(2))]
+    intake = Intake(store, delivery_id="d-given-up", task_name="ostinato.ingest.batch")
+    for _ in range(2):  # a redelivery of the same delivery gives up again
+        intake.give_up(raw, "gave up after 201 attempts that failed on the store: OperationalError()")
+    letters = store.list_dead_letters()
+    assert len(letters) == 1
+    assert letters[0]["reason"].startswith("gave up after 201 attempts")
+    assert letters[0]["task_name"] == "ostinato.ingest.batch"
+    assert [e["message_id"] for e in json.loads(letters[0]["raw_body"])] == [e["message_id"] for e in raw]

@@ -151,6 +151,10 @@ class Intake:
         for item in rejected:
             self._letter(item)
 
+    def give_up(self, raw_envelopes: object, reason: str) -> None:
+        """Dead-letter the whole delivery with ``reason``, once however often it is redelivered."""
+        self.store.run(lambda: self._letter(Rejected(-1, raw_envelopes, reason)))
+
     def _letter(self, item: Rejected, message: Message | None = None) -> None:
         """Dead-letter one envelope; its id comes from the delivery, so a retried delivery writes it once."""
         self.store.record_dead_letter(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from celery import Task
 
 from ostinato.broker import BATCH_TASK, kind_task
@@ -19,11 +20,14 @@ from ostinato.workers.celery_app import app
 from ostinato.workers.detection.jobs import detect_sightings
 from ostinato.workers.intake import NOT_THE_MESSAGES_FAULT, Intake
 
+log = structlog.get_logger(__name__)
+
 DECODED_ONCE = "ostinato.workers.request:DecodedOnceRequest"
 MAX_INFRASTRUCTURE_RETRIES = 200
 """Attempts of one delivery that fail on the database. A worker attempts again only once its gate found the
-database answering (``gate``), after a pause that grows to a minute: about three hours of a database that
-answers probes but fails every delivery before a delivery is given up."""
+database answering (``gate``), after a pause that grows to a minute: after about three hours of a database
+that answers probes but fails every delivery, the delivery is dead-lettered with the last error (and when
+even that fails, it is retried again: a delivery is never dropped)."""
 
 
 def run_ingest(task: Task, raw: object, expected_kind: str | None) -> dict[str, int]:
@@ -43,7 +47,9 @@ def run_ingest(task: Task, raw: object, expected_kind: str | None) -> dict[str, 
     try:
         report = intake(raw, expected_kind)
     except NOT_THE_MESSAGES_FAULT as error:
-        raise task.retry(exc=error, countdown=0, max_retries=MAX_INFRASTRUCTURE_RETRIES) from error
+        if task.request.retries >= MAX_INFRASTRUCTURE_RETRIES and _gave_up(intake, raw, error, task):
+            return {"applied": 0, "duplicates": 0, "dead_lettered": 1, "discoveries": 0}
+        raise task.retry(exc=error, countdown=0, max_retries=None) from error
     runtime.settle_heap()
     broadcast = publish_discoveries(runtime.redis_client(), settings.patterns_channel, report.discoveries)
     return {
@@ -52,6 +58,17 @@ def run_ingest(task: Task, raw: object, expected_kind: str | None) -> dict[str, 
         "dead_lettered": report.dead_lettered,
         "discoveries": broadcast,
     }
+
+
+def _gave_up(intake: Intake, raw: object, error: BaseException, task: Task) -> bool:
+    """Dead-letter a delivery that failed every attempt; False when the store refuses even that."""
+    reason = f"gave up after {task.request.retries + 1} attempts that failed on the store: {error!r}"
+    try:
+        intake.give_up(raw, reason[:2000])
+    except Exception:
+        log.exception("give_up_failed", delivery=intake.delivery_id)
+        return False
+    return True
 
 
 @app.task(name=BATCH_TASK, bind=True, shared=False, Request=DECODED_ONCE)  # type: ignore[untyped-decorator]
