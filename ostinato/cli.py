@@ -286,5 +286,14 @@ def demo(
     console.print(f"look again: {again}")
 
 
+@app.command()
+def status() -> None:
+    """Queue depth, ingest lag, live workers and the last maintenance runs; answers with servers down."""
+    from ostinato.status import collect, render
+
+    settings = get_settings()
+    render(collect(settings), settings, console)
+
+
 if __name__ == "__main__":
     app()
