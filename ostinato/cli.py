@@ -295,5 +295,15 @@ def status() -> None:
     render(collect(settings), settings, console)
 
 
+@app.command()
+def doctor() -> None:
+    """Check Redis, redelivery, the database, the key prefix and the spool; exit 1 on any FAIL."""
+    from ostinato.doctor import diagnose, exit_code, render
+
+    findings = diagnose()
+    render(findings, console)
+    raise typer.Exit(exit_code(findings))
+
+
 if __name__ == "__main__":
     app()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -37,3 +39,14 @@ def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
 def downgrade(url_or_engine: str | Engine, revision: str = "base") -> None:
     """Take the schema down to ``revision`` (default: empty)."""
     _run(url_or_engine, "downgrade", revision)
+
+
+def newest_revisions() -> frozenset[str]:
+    """The head revisions the migrations define: what a migrated database is at."""
+    return frozenset(ScriptDirectory(str(MIGRATIONS)).get_heads())
+
+
+def current_revisions(engine: Engine) -> frozenset[str]:
+    """The revisions the database is at (empty when it was never migrated)."""
+    with engine.connect() as connection:
+        return frozenset(MigrationContext.configure(connection).get_current_heads())
