@@ -10,8 +10,8 @@ doubled and dead-lettered, and how long the store took to catch up after the fau
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -36,6 +36,9 @@ from ostinato.workers.store import Store
 HERE = Path(__file__).resolve().parent
 PROBE = ("chaos_probe", "applied by every outcome")
 SETTLE_TIMEOUT = 180.0
+STEMS = ("test", "file", "error", "build", "sheet", "retry")
+VOCABULARY = [f"{stem}{n}" for stem in STEMS for n in range(40)]
+"""Words of the producers' output tails: text that compresses about as much as real output does."""
 
 
 @dataclass
@@ -197,14 +200,19 @@ def deployment(name: str, postgres: PostgresInstance, **options: bool) -> Iterat
 
 SPOOL_BYTES = "200000"
 """A spool far smaller than the outage's outcomes need, so the full-spool policy decides."""
+IN_MEMORY_QUEUE = 20_000
+"""The sender's in-memory queue: callers meet the full-spool policy only once it is full too."""
 
 
 def spool_full(postgres: PostgresInstance, policy: str, count: int) -> Row:
     """Redis is away while a producer publishes more than its spool holds; then Redis comes back."""
-    with deployment(f"spool_{policy}", postgres) as d:
+    with deployment(f"spool_full_{policy}", postgres) as d:
         d.redis.stop()
         producer = d.producer(
-            count, spool_max_bytes=SPOOL_BYTES, spool_full_policy=policy, spool_block_seconds="120"
+            IN_MEMORY_QUEUE + count,
+            spool_max_bytes=SPOOL_BYTES,
+            spool_full_policy=policy,
+            spool_block_seconds="120",
         )
         time.sleep(8)
         d.redis.start()
@@ -212,8 +220,7 @@ def spool_full(postgres: PostgresInstance, policy: str, count: int) -> Row:
         d.worker()
         producer.wait(SETTLE_TIMEOUT)
         d.settle()
-        report = producer_report(d, 0)
-        return d.row(time.monotonic() - back, f"producer: {report}")
+        return d.row(time.monotonic() - back, producer_report(d))
 
 
 def worker_sigkill(postgres: PostgresInstance, count: int) -> Row:
@@ -303,9 +310,10 @@ def overload(postgres: PostgresInstance, count: int, bound: int = 20, producers:
         return d.row(None, f"queue depth at most {deepest} task messages (bound {bound})")
 
 
-def producer_report(d: Deployment, index: int) -> str:
+def producer_report(d: Deployment) -> str:
+    """The last line the first producer printed: its refusals, longest call and spool figures."""
     logs = sorted(d.work.glob("producer-*.log"))
-    lines = logs[index].read_text().strip().splitlines() if logs else []
+    lines = logs[0].read_text().strip().splitlines() if logs else []
     return lines[-1] if lines else "(no report)"
 
 
@@ -319,7 +327,9 @@ def produce(count: int, ids: Path, probe: str, pause: float) -> None:
 
     client = Client("chaos-job", "/srv/chaos/workspace")
     ledger = os.open(ids, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    words = random.Random(count)
     refused = 0
+    longest = 0.0
     for n in range(count):
         execution_id = str(uuid.uuid4())
         outcome = {
@@ -330,19 +340,25 @@ def produce(count: int, ids: Path, probe: str, pause: float) -> None:
             "validation_pass_rate": 1.0,
             "success_without_retry": n % 3 != 0,
             "patterns_applied": [probe],
-            "stdout_tail": "ok\n" * 200,
+            "stdout_tail": " ".join(words.choices(VOCABULARY, k=400)),
         }
+        started = time.monotonic()
         try:
             client.record_outcome(outcome)
         except SpoolFull:
             refused += 1
             continue
+        finally:
+            longest = max(longest, time.monotonic() - started)
         os.write(ledger, f"{execution_id}\n".encode())
         if pause:
             time.sleep(pause)
     flushed = client.flush(120)
+    stats = client.stats()
+    spooled = stats["spooled"] + stats["journaled"]
     print(
-        json.dumps({"calls": count, "refused": refused, "flushed": flushed, "stats": client.stats()}),
+        f"{refused} calls refused (SpoolFull), longest call {longest:.1f} s, {spooled} spooled, "
+        f"{stats['dropped']} dropped, flush {'True' if flushed else 'False'}",
         flush=True,
     )
     client.close()
