@@ -80,7 +80,7 @@ class _StateOptions(SubscribeOptions, total=False):
     settings: Settings | None
 
 
-class _SeenIds:
+class SeenIds:
     """Ids already delivered, each kept until its event expires plus ``grace``: bounded de-duplication."""
 
     def __init__(self, grace: float) -> None:
@@ -179,7 +179,7 @@ class _SubscriptionState:
         self._ping_interval = ping_interval
         self._resync_interval = resync_interval
         self._store = _StoreReader(self.settings.database_url, engine)
-        self._seen = _SeenIds(grace_seconds)
+        self._seen = SeenIds(grace_seconds)
         self._counts: Counter[str] = Counter()
         self._pending: deque[PatternDiscoveryEvent] = deque()
         self._redis_backoff = _Backoff(0.1, max_backoff)

@@ -15,6 +15,7 @@ from celery.worker.consumer import Consumer
 from ostinato.schema.identity import hash32
 from ostinato.workers import runtime
 from ostinato.workers.intake import raw_text
+from ostinato.workers.redaction import scrub_body
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +35,9 @@ def dead_letter_raw(message: Any, reason: str) -> None:
             task_name=str(task_name)[:200] if task_name else None,
         )
     except Exception as error:
-        log.error("dead_letter_write_failed", reason=reason, error=repr(error), body=raw_text(body)[:2000])
+        # The log is then the body's only record: it is scrubbed as the stored dead letter would be.
+        body_text = scrub_body(raw_text(body))[:2000]
+        log.error("dead_letter_write_failed", reason=reason, error=repr(error), body=body_text)
 
 
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]

@@ -8,7 +8,6 @@ Events found both ways are told apart by id.
 
 from __future__ import annotations
 
-import heapq
 import queue
 import threading
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
+from ostinato.producers.subscriber import SeenIds
 from ostinato.schema.records import PatternDiscoveryEvent
 
 log = structlog.get_logger(__name__)
@@ -71,27 +71,6 @@ class Hub:
             inbox.put(None)
 
 
-class _SeenIds:
-    """Delivered ids, each kept until its event expires plus ``grace``: bounded de-duplication."""
-
-    def __init__(self, grace: float) -> None:
-        self._grace = grace
-        self._until: dict[str, float] = {}
-        self._heap: list[tuple[float, str]] = []
-
-    def add(self, event: PatternDiscoveryEvent) -> bool:
-        """True if the id is new (and now remembered), False for a duplicate."""
-        now = time.time()
-        while self._heap and self._heap[0][0] < now:
-            self._until.pop(heapq.heappop(self._heap)[1], None)
-        if event.id in self._until:
-            return False
-        until = event.expires_at.timestamp() + self._grace
-        self._until[event.id] = until
-        heapq.heappush(self._heap, (until, event.id))
-        return True
-
-
 class EmbeddedSubscription:
     """Other jobs' discoveries, caught up from the store, then live from the hub, each delivered once.
 
@@ -113,7 +92,7 @@ class EmbeddedSubscription:
         self._inbox = hub.attach()
         self._catch_up = catch_up
         self._catch_up_at: float | None = 0.0
-        self._seen = _SeenIds(grace_seconds)
+        self._seen = SeenIds(grace_seconds)
         self._pending: deque[PatternDiscoveryEvent] = deque()
         self._counts: Counter[str] = Counter()
         self._reading = threading.Lock()
