@@ -28,7 +28,8 @@ class Gatherer(Generic[T]):
     in-memory count; the owner guards its own counts with it too, so that a count and what it counts change
     together, and ``wait_settled`` wakes on every ``notify_all``. ``woken`` is set by ``wake`` (``flush``,
     ``close``: stop gathering, send now) and cleared by the owner's thread when it starts a round;
-    ``stopping`` is set by ``stop``, and the owner's thread may sleep on it between retries.
+    ``stopping`` is set by ``stop``, and the owner's thread may sleep on it between retries. ``closed``
+    (set by ``close``, read holding ``state``) says the queue takes nothing more.
     """
 
     def __init__(self, batch_size: int, queue_size: int) -> None:
@@ -36,6 +37,7 @@ class Gatherer(Generic[T]):
         self.state = threading.Condition()
         self.in_memory = 0
         """Items the owner took in and has not settled yet (queued, in a batch, waiting for room)."""
+        self.closed = False
         self.woken = threading.Event()
         self.stopping = threading.Event()
         self._queue: queue.Queue[T | None] = queue.Queue(maxsize=queue_size)
@@ -48,10 +50,13 @@ class Gatherer(Generic[T]):
     # -- the callers' side --------------------------------------------------------------------------------
 
     def put(self, item: T, *, urgent: bool = False, timeout: float = 0.0) -> bool:
-        """Queue ``item``, waiting up to ``timeout`` seconds for room; False if the queue stayed full.
+        """Queue ``item``, waiting up to ``timeout`` seconds for room; False if the queue stayed full, or
+        is closed.
 
         A waiting put (``timeout`` > 0) must not be made holding ``state``: the thread needs it to take.
         """
+        if self.closed:
+            return False
         if timeout > 0:
             try:
                 self._queue.put(item, timeout=timeout)
@@ -120,6 +125,15 @@ class Gatherer(Generic[T]):
         """Cut the gathering short: the batch leaves now, and an owner waiting on ``woken`` goes on."""
         self.woken.set()
         self._gathered.set()
+
+    def close(self) -> bool:
+        """Take nothing more (``closed``) and ``stop``; False, and nothing done, if closed already."""
+        with self.state:
+            if self.closed:
+                return False
+            self.closed = True
+        self.stop()
+        return True
 
     def stop(self) -> None:
         """Set ``stopping`` and wake the thread, even one waiting for a first item (when there is room)."""

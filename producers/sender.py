@@ -145,7 +145,7 @@ class Sender:
         self._backpressure = False
         self._gatherer: Gatherer[Envelope] = Gatherer(batch_size, queue_size)
         self._state = self._gatherer.state
-        """The gatherer's lock guards the counts here too (and ``_closed``, ``_backpressure``)."""
+        """The gatherer's lock guards the counts here too (and ``_backpressure``)."""
         self._spool_lock = threading.Lock()
         self._held: Batch = []
         """Envelopes due in the spool after its last batch that it had no room for: at most about a batch
@@ -153,7 +153,6 @@ class Sender:
         self._spool_full = False
         self._no_room_at: float = math.inf
         """The spool's size when the held envelopes last found no room in it."""
-        self._closed = False
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._arrived = threading.Event()
         """Durable mode: set when a line reaches the journal, for a thread waiting for a first one."""
@@ -172,7 +171,7 @@ class Sender:
         key = (settings.broker_url, settings.key_prefix, str(settings.spool_dir), settings.durable)
         with _SHARED_LOCK:
             sender, users = _SHARED.get(key, (None, 0))
-            if sender is None or sender._closed:
+            if sender is None or sender._gatherer.closed:
                 sender, users = cls(settings), 0
             _SHARED[key] = (sender, users + 1)
             sender._shared_key = key
@@ -209,7 +208,7 @@ class Sender:
         with self._state:
             self._stats["submitted"] += 1
             self._gatherer.admit()
-            if not self.durable and not self._closed and self._gatherer.put(envelope, urgent=urgent):
+            if not self.durable and self._gatherer.put(envelope, urgent=urgent):
                 return
         if self.durable:
             self._journal(envelope, urgent)
@@ -232,12 +231,9 @@ class Sender:
     def close(self, timeout: float = 5.0) -> None:
         """Flush for up to ``timeout`` seconds, spool what is left, stop the thread, release the spool."""
         self.flush(timeout)
-        with self._state:
-            if self._closed:
-                return
-            self._closed = True
+        if not self._gatherer.close():
+            return
         atexit.unregister(self.close)
-        self._gatherer.stop()
         self._arrived.set()
         self._thread.join(self._join_timeout)
         stopped = not self._thread.is_alive()
@@ -280,7 +276,7 @@ class Sender:
         deadline: float | None = None
         while True:
             with self._spool_lock:
-                if self._closed:
+                if self._gatherer.closed:
                     self._held.extend(self._json_only([envelope]))
                     self._spool_or_drop(reason="sender_closed")
                     return

@@ -149,7 +149,7 @@ def test_wait_settled_counts_what_is_in_memory_and_wakes_the_gathering() -> None
         collector.stop()
 
 
-def test_a_full_queue_refuses_and_stop_wakes_a_thread_waiting_for_a_first_item() -> None:
+def test_a_full_or_closed_queue_refuses_and_close_wakes_a_thread_waiting_for_a_first_item() -> None:
     gatherer: Gatherer[int] = Gatherer(batch_size=2, queue_size=3)
     assert all(gatherer.put(n) for n in range(3))
     assert gatherer.full()
@@ -164,7 +164,10 @@ def test_a_full_queue_refuses_and_stop_wakes_a_thread_waiting_for_a_first_item()
     waiting.start()
     time.sleep(0.1)
     started = time.monotonic()
-    gatherer.stop()
+    assert gatherer.close()
     waiting.join(10)
     assert not waiting.is_alive() and got == [[]]
     assert time.monotonic() - started < 5.0
+    assert gatherer.closed and gatherer.stopping.is_set()
+    assert not gatherer.close(), "only the first close does anything"
+    assert not gatherer.put(4)

@@ -69,8 +69,7 @@ class LocalSender:
         self._max_retry_interval = max_retry_interval
         self._gatherer: Gatherer[Envelope] = Gatherer(batch_size, queue_size)
         self._state = self._gatherer.state
-        """The gatherer's lock guards the counts here too (and ``_closed``)."""
-        self._closed = False
+        """The gatherer's lock guards the counts here too."""
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._thread = threading.Thread(target=self._run, name="ostinato-embedded-sender", daemon=True)
         self._thread.start()
@@ -87,7 +86,7 @@ class LocalSender:
         """
         with self._state:
             self._stats["submitted"] += 1
-            if self._closed:
+            if self._gatherer.closed:
                 self._stats["dropped"] += 1
                 log.error("envelopes_dropped", count=1, reason="embedded_sender_closed")
                 return
@@ -111,11 +110,8 @@ class LocalSender:
     def close(self, timeout: float = 5.0) -> None:
         """Flush for up to ``timeout`` seconds, stop the thread; what is still unapplied is logged as lost."""
         self.flush(timeout)
-        with self._state:
-            if self._closed:
-                return
-            self._closed = True
-        self._gatherer.stop()  # a None in the queue wakes the thread waiting for a first envelope
+        if not self._gatherer.close():  # also wakes the thread waiting for a first envelope
+            return
         self._thread.join(max(timeout, 1.0))
         with self._state:
             lost = self._gatherer.in_memory
