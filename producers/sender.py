@@ -28,7 +28,6 @@ import asyncio
 import atexit
 import json
 import math
-import queue
 import threading
 import time
 from typing import Any, Protocol
@@ -43,6 +42,7 @@ from ostinato.broker import (
     transport_options,
     use_batch_compression_level,
 )
+from ostinato.producers.batching import Gatherer
 from ostinato.producers.depth import IngestDepth
 from ostinato.producers.spool import Batch, Spool, SpoolFull
 from ostinato.settings import Settings, redact_url
@@ -143,7 +143,9 @@ class Sender:
         self._redis_down = False
         self._depth = IngestDepth(settings, publish_timeout)
         self._backpressure = False
-        self._queue: queue.Queue[Envelope] = queue.Queue(maxsize=queue_size)
+        self._gatherer: Gatherer[Envelope] = Gatherer(batch_size, queue_size)
+        self._state = self._gatherer.state
+        """The gatherer's lock guards the counts here too (and ``_backpressure``)."""
         self._spool_lock = threading.Lock()
         self._held: Batch = []
         """Envelopes due in the spool after its last batch that it had no room for: at most about a batch
@@ -151,15 +153,9 @@ class Sender:
         self._spool_full = False
         self._no_room_at: float = math.inf
         """The spool's size when the held envelopes last found no room in it."""
-        self._state = threading.Condition()
-        self._closed = False
-        self._in_memory = 0
         self._stats = dict.fromkeys(STAT_NAMES, 0)
-        self._wake = threading.Event()
-        self._gathered = threading.Event()
         self._arrived = threading.Event()
-        self._urgent_at: float | None = None
-        self._stopping = threading.Event()
+        """Durable mode: set when a line reaches the journal, for a thread waiting for a first one."""
         self._shared_key: tuple[str, str, str, bool] | None = None
         self._thread = threading.Thread(target=self._run, name="ostinato-sender", daemon=True)
         self._thread.start()
@@ -175,7 +171,7 @@ class Sender:
         key = (settings.broker_url, settings.key_prefix, str(settings.spool_dir), settings.durable)
         with _SHARED_LOCK:
             sender, users = _SHARED.get(key, (None, 0))
-            if sender is None or sender._closed:
+            if sender is None or sender._gatherer.closed:
                 sender, users = cls(settings), 0
             _SHARED[key] = (sender, users + 1)
             sender._shared_key = key
@@ -211,18 +207,9 @@ class Sender:
         """
         with self._state:
             self._stats["submitted"] += 1
-            self._in_memory += 1
-            if not self.durable and not self._closed:
-                try:
-                    self._queue.put_nowait(envelope)
-                    if urgent and self._urgent_at is None:
-                        self._urgent_at = time.monotonic()
-                        self._gathered.set()
-                    elif self._queue.qsize() >= self._batch_size:
-                        self._gathered.set()
-                    return
-                except queue.Full:
-                    pass
+            self._gatherer.admit()
+            if not self.durable and self._gatherer.put(envelope, urgent=urgent):
+                return
         if self.durable:
             self._journal(envelope, urgent)
         else:
@@ -233,16 +220,9 @@ class Sender:
 
         Losses do not make it False here (``Client.flush`` checks them, per client): they wait nowhere.
         """
-        deadline = time.monotonic() + timeout
-        with self._state:
-            while self._in_memory or len(self.spool):
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    return False
-                self._wake.set()
-                self._gathered.set()
-                self._state.wait(min(left, 0.05))
-            return True
+        return self._gatherer.wait_settled(
+            timeout, alive=self._thread.is_alive, pending=lambda: len(self.spool) > 0
+        )
 
     async def flush_async(self, timeout: float) -> bool:
         """``flush`` for async runners, in a worker thread so the event loop keeps running."""
@@ -251,14 +231,9 @@ class Sender:
     def close(self, timeout: float = 5.0) -> None:
         """Flush for up to ``timeout`` seconds, spool what is left, stop the thread, release the spool."""
         self.flush(timeout)
-        with self._state:
-            if self._closed:
-                return
-            self._closed = True
+        if not self._gatherer.close():
+            return
         atexit.unregister(self.close)
-        self._stopping.set()
-        self._wake.set()
-        self._gathered.set()
         self._arrived.set()
         self._thread.join(self._join_timeout)
         stopped = not self._thread.is_alive()
@@ -281,7 +256,7 @@ class Sender:
         with self._state:
             return {
                 **self._stats,
-                "in_memory": self._in_memory,
+                "in_memory": self._gatherer.in_memory,
                 "spool_batches": len(self.spool),
                 "spool_bytes": self.spool.bytes_used,
                 "backpressure": int(self._backpressure),
@@ -301,16 +276,14 @@ class Sender:
         deadline: float | None = None
         while True:
             with self._spool_lock:
-                if self._closed:
+                if self._gatherer.closed:
                     self._held.extend(self._json_only([envelope]))
                     self._spool_or_drop(reason="sender_closed")
                     return
                 if self._make_room():
-                    try:
-                        self._queue.put_nowait(envelope)
+                    if self._gatherer.put(envelope):
                         return
-                    except queue.Full:
-                        continue
+                    continue
             deadline = self._await_room(deadline)
             if deadline is None:
                 return
@@ -320,14 +293,9 @@ class Sender:
         queue has room now (the batch the spool could not take stays held, so memory stays bounded)."""
         if not self._store_held():
             return False
-        if not self._queue.full():
+        if not self._gatherer.full():
             return True
-        oldest: Batch = []
-        while len(oldest) < self._batch_size:
-            try:
-                oldest.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        oldest = self._gatherer.take()
         with self._state:
             self._stats["overflowed"] += len(oldest)
         self._held.extend(self._json_only(oldest))
@@ -360,15 +328,12 @@ class Sender:
             deadline = self._await_room(deadline)
             if deadline is None:
                 return
-        with self._state:
-            if urgent and self._urgent_at is None:
-                self._urgent_at = time.monotonic()
-                self._gathered.set()
+        self._gatherer.signal(urgent=urgent)
         self._settle(journaled=1)
         self._arrived.set()
         count = self.spool.journal_count
-        if count == 0 or count >= self._batch_size:  # 0: the line filled its segment, which is sealed
-            self._gathered.set()
+        # 0: the line filled its segment, which is sealed
+        self._gatherer.signal(full=count == 0 or count >= self._batch_size)
 
     def _await_room(self, deadline: float | None) -> float | None:
         """The caller's envelope found no room: wait a little for some, up to the policy's deadline (none
@@ -463,18 +428,18 @@ class Sender:
     # -- the sender's thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
+        while not self._gatherer.stopping.is_set():
             try:
                 self._step()
             except Exception:
                 log.exception("sender_step_failed")
-                self._stopping.wait(self._retry_interval)
+                self._gatherer.stopping.wait(self._retry_interval)
         with self._spool_lock:
             self._spool_remaining(last=False)
 
     def _step(self) -> None:
         """Resend the backlog first; while it cannot go, spool what comes in until the next retry."""
-        self._wake.clear()
+        self._gatherer.woken.clear()
         if not self._drain():
             self._hold_until_retry()
             return
@@ -492,7 +457,7 @@ class Sender:
     def _drain(self) -> bool:
         """Publish the backlog oldest first, the spool's batches then what it had no room for; True once it
         is empty, False at the first batch that cannot go now (Redis away, backpressure)."""
-        while not self._stopping.is_set():
+        while not self._gatherer.stopping.is_set():
             if (head := self.spool.peek()) is not None:
                 key, batch = head
                 if not self._may_publish() or not self._publish(batch):
@@ -524,7 +489,7 @@ class Sender:
         new, so the queue fills and callers meet the policy."""
         retry_at = time.monotonic() + self._retry_interval
         while (left := retry_at - time.monotonic()) > 0 and not (
-            self._wake.is_set() or self._stopping.is_set()
+            self._gatherer.woken.is_set() or self._gatherer.stopping.is_set()
         ):
             if self.durable:
                 if self._seal(first_wait=0.0, gather=left) is not None and self._backpressure:
@@ -532,23 +497,16 @@ class Sender:
                         self._stats["held_back"] += 1
                 self.spool.compact()
             elif self._held:
-                self._wake.wait(left)
+                self._gatherer.woken.wait(left)
             else:
                 self._spool_queued(wait=left)
 
     def _spool_queued(self, wait: float) -> None:
         """Once a batch is queued or ``wait`` has passed, spool what is queued; taken from the queue under the
         spool lock, as a caller's overflow takes it, so neither can put newer envelopes ahead of older."""
-        self._gathered.clear()
-        if self._queue.qsize() < self._batch_size:
-            self._gathered.wait(wait)
+        self._gatherer.wait_for_batch(wait)
         with self._spool_lock:
-            batch: Batch = []
-            while len(batch) < self._batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._gatherer.take()
             if batch and self._backpressure:
                 with self._state:
                     self._stats["held_back"] += 1
@@ -571,43 +529,9 @@ class Sender:
         return not above
 
     def _collect(self, *, first_wait: float, gather: float, longest: float | None = None) -> Batch:
-        """Up to ``batch_size`` envelopes: the first within ``first_wait``, then more until none has come for
-        ``gather`` seconds or ``longest`` (default ``gather``) has passed since the first.
-
-        So a lone message leaves after ``gather``, while a steady stream fills batches up to ``longest``:
-        each batch costs the workers the same fixed work, whatever its size. An urgent envelope makes its
-        batch leave at most ``gather`` after it. While gathering, the thread sleeps until a full batch is
-        queued or an urgent envelope comes (``submit`` says so) or the time is up, rather than waking for
-        every envelope: the runner's thread keeps the CPU. ``flush`` and ``close`` cut it short.
-        """
-        batch: Batch = []
-        if first_wait > 0:
-            try:
-                batch.append(self._queue.get(timeout=first_wait))
-            except queue.Empty:
-                return []
-        now = time.monotonic()
-        cap = now + (gather if longest is None else longest)
-        quiet = now + gather
-        while True:
-            self._gathered.clear()
-            before = len(batch)
-            with self._state:  # so an urgent envelope's time and the envelope itself are taken together
-                urgent_at, self._urgent_at = self._urgent_at, None
-                while len(batch) < self._batch_size:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-            now = time.monotonic()
-            if len(batch) > before:
-                quiet = now + gather
-            if urgent_at is not None:
-                cap = min(cap, urgent_at + gather)
-            left = min(quiet, cap) - now
-            if len(batch) >= self._batch_size or left <= 0 or self._wake.is_set() or self._stopping.is_set():
-                return self._json_only(batch)
-            self._gathered.wait(left)
+        """A batch gathered as ``Gatherer.collect`` gathers, without what JSON cannot encode. ``flush`` and
+        ``close`` cut it short; an urgent envelope makes it leave at most ``gather`` after it."""
+        return self._json_only(self._gatherer.collect(first_wait=first_wait, gather=gather, longest=longest))
 
     def _seal(self, *, first_wait: float, gather: float, longest: float | None = None) -> int | None:
         """Durable mode: the journal's open segment sealed into a batch once gathered as ``_collect`` gathers
@@ -616,24 +540,8 @@ class Sender:
             self._arrived.clear()
             if not self.spool.journal_count and not self._arrived.wait(first_wait):
                 return None
-        now = time.monotonic()
-        cap = now + (gather if longest is None else longest)
-        quiet = now + gather
-        seen = 0
-        while True:
-            self._gathered.clear()
-            with self._state:
-                urgent_at, self._urgent_at = self._urgent_at, None
-            count = self.spool.journal_count
-            now = time.monotonic()
-            if count > seen:
-                quiet, seen = now + gather, count
-            if urgent_at is not None:
-                cap = min(cap, urgent_at + gather)
-            left = min(quiet, cap) - now
-            if count >= self._batch_size or left <= 0 or self._wake.is_set() or self._stopping.is_set():
-                return self.spool.seal()
-            self._gathered.wait(left)
+        self._gatherer.linger(lambda: self.spool.journal_count, gather=gather, longest=longest)
+        return self.spool.seal()
 
     def _publish(self, batch: Batch) -> bool:
         """One task message for the whole batch, or False after one fast attempt when Redis is away."""
@@ -720,8 +628,7 @@ class Sender:
         with self._state:
             for name, count in counts.items():
                 self._stats[name] += count
-                self._in_memory -= count
-            self._state.notify_all()
+            self._gatherer.settle(sum(counts.values()))
         if dropped:
             log.error("envelopes_dropped", count=dropped, reason=reason, spool=str(self.spool.path))
         if refused:

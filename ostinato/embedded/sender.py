@@ -1,6 +1,6 @@
 """In-process delivery: ``Sender``'s batching, with the worker's ``Intake`` where the broker would be.
 
-A daemon thread gathers envelopes into batches exactly as the producer's sender does (size and time
+A daemon thread gathers envelopes into batches with the producer's sender's ``Gatherer`` (size and time
 bounded, ``urgent`` cutting the wait short) and applies each batch to the store the way an ingest task
 does: validation, de-duplication by ``message_id``, detection and dead letters are the workers' own code.
 Discoveries go to the in-process hub after the commit. A batch the store cannot take now (a locked file, a
@@ -10,16 +10,14 @@ full disk) is kept and retried with backoff; the caller is never told, as with a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import queue
 import threading
-import time
 import uuid
 
 import structlog
 
 from ostinato.broker import BATCH_TASK
 from ostinato.embedded.hub import Hub
+from ostinato.producers.batching import Gatherer
 from ostinato.producers.sender import Envelope
 from ostinato.settings import Settings
 from ostinato.workers.detection.jobs import detect_sightings
@@ -65,21 +63,14 @@ class LocalSender:
         self._store = store
         self._hub = hub
         self._discovery_ttl = settings.discovery_ttl_seconds
-        self._batch_size = batch_size
         self._linger = linger_seconds
         self._max_linger = max(linger_seconds, max_linger_seconds)
         self._retry_interval = retry_interval
         self._max_retry_interval = max_retry_interval
-        self._queue: queue.Queue[Envelope | None] = queue.Queue(maxsize=queue_size)
-        """Envelopes; a None only wakes the thread (``close``)."""
-        self._state = threading.Condition()
-        self._closed = False
-        self._in_memory = 0
+        self._gatherer: Gatherer[Envelope] = Gatherer(batch_size, queue_size)
+        self._state = self._gatherer.state
+        """The gatherer's lock guards the counts here too."""
         self._stats = dict.fromkeys(STAT_NAMES, 0)
-        self._wake = threading.Event()
-        self._gathered = threading.Event()
-        self._urgent_at: float | None = None
-        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ostinato-embedded-sender", daemon=True)
         self._thread.start()
 
@@ -95,32 +86,18 @@ class LocalSender:
         """
         with self._state:
             self._stats["submitted"] += 1
-            if self._closed:
+            if self._gatherer.closed:
                 self._stats["dropped"] += 1
                 log.error("envelopes_dropped", count=1, reason="embedded_sender_closed")
                 return
-            self._in_memory += 1
-            try:
-                self._queue.put_nowait(envelope)
-            except queue.Full:
-                self._gathered.set()
-            else:
-                self._signal(urgent)
+            self._gatherer.admit()
+            if self._gatherer.put(envelope, urgent=urgent):
                 return
         self._wait_for_room(envelope, urgent)
 
     def flush(self, timeout: float) -> bool:
         """True once everything submitted so far is applied to the store, within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._state:
-            while self._in_memory:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    return False
-                self._wake.set()
-                self._gathered.set()
-                self._state.wait(min(left, 0.05))
-            return True
+        return self._gatherer.wait_settled(timeout, alive=self._thread.is_alive)
 
     async def flush_async(self, timeout: float) -> bool:
         """``flush`` for async runners, in a worker thread so the event loop keeps running."""
@@ -133,25 +110,18 @@ class LocalSender:
     def close(self, timeout: float = 5.0) -> None:
         """Flush for up to ``timeout`` seconds, stop the thread; what is still unapplied is logged as lost."""
         self.flush(timeout)
-        with self._state:
-            if self._closed:
-                return
-            self._closed = True
-        self._stopping.set()
-        self._wake.set()
-        self._gathered.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
+        if not self._gatherer.close():  # also wakes the thread waiting for a first envelope
+            return
         self._thread.join(max(timeout, 1.0))
         with self._state:
-            lost = self._in_memory
+            lost = self._gatherer.in_memory
         if lost:
             log.error("envelopes_unapplied", count=lost, reason="embedded_sender_closed")
 
     def stats(self) -> dict[str, int]:
         """Envelope counts; ``in_memory`` is what is submitted but not applied yet."""
         with self._state:
-            return {**self._stats, "in_memory": self._in_memory}
+            return {**self._stats, "in_memory": self._gatherer.in_memory}
 
     def __enter__(self) -> LocalSender:
         return self
@@ -159,79 +129,28 @@ class LocalSender:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _signal(self, urgent: bool) -> None:
-        """Wake the gathering thread for an urgent envelope or a full batch (holding ``_state``)."""
-        if urgent and self._urgent_at is None:
-            self._urgent_at = time.monotonic()
-            self._gathered.set()
-        elif self._queue.qsize() >= self._batch_size:
-            self._gathered.set()
-
     def _wait_for_room(self, envelope: Envelope, urgent: bool) -> None:
-        while True:
-            try:
-                self._queue.put(envelope, timeout=ROOM_POLL)
-            except queue.Full:
-                if self._stopping.is_set() or not self._thread.is_alive():
-                    with self._state:
-                        self._in_memory -= 1
-                        self._stats["dropped"] += 1
-                        self._state.notify_all()
-                    log.error("envelopes_dropped", count=1, reason="embedded_sender_stopped")
-                    return
-                continue
-            with self._state:
-                self._signal(urgent)
-            return
+        while not self._gatherer.put(envelope, urgent=urgent, timeout=ROOM_POLL):
+            if self._gatherer.stopping.is_set() or not self._thread.is_alive():
+                with self._state:
+                    self._stats["dropped"] += 1
+                    self._gatherer.settle(1)
+                log.error("envelopes_dropped", count=1, reason="embedded_sender_stopped")
+                return
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
+        gatherer = self._gatherer
+        while not gatherer.stopping.is_set():
+            gatherer.woken.clear()
             try:
-                batch = self._collect(first_wait=0.5, gather=self._linger, longest=self._max_linger)
+                batch = gatherer.collect(first_wait=0.5, gather=self._linger, longest=self._max_linger)
                 if batch:
                     self._deliver(batch, retry=True)
             except Exception:
                 log.exception("embedded_sender_step_failed")
-                self._stopping.wait(self._retry_interval)
-        while batch := self._collect(first_wait=0.0, gather=0.0):
+                gatherer.stopping.wait(self._retry_interval)
+        while batch := gatherer.collect(first_wait=0.0, gather=0.0):
             self._deliver(batch, retry=False)
-
-    def _collect(self, *, first_wait: float, gather: float, longest: float | None = None) -> list[Envelope]:
-        """Up to ``batch_size`` envelopes, gathered as ``Sender._collect`` does (see there for why)."""
-        batch: list[Envelope] = []
-        if first_wait > 0:
-            try:
-                first = self._queue.get(timeout=first_wait)
-            except queue.Empty:
-                return []
-            if first is None:
-                return []
-            batch.append(first)
-        now = time.monotonic()
-        cap = now + (gather if longest is None else longest)
-        quiet = now + gather
-        while True:
-            self._gathered.clear()
-            before = len(batch)
-            with self._state:
-                urgent_at, self._urgent_at = self._urgent_at, None
-                while len(batch) < self._batch_size:
-                    try:
-                        envelope = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if envelope is not None:
-                        batch.append(envelope)
-            now = time.monotonic()
-            if len(batch) > before:
-                quiet = now + gather
-            if urgent_at is not None:
-                cap = min(cap, urgent_at + gather)
-            left = min(quiet, cap) - now
-            if len(batch) >= self._batch_size or left <= 0 or self._wake.is_set() or self._stopping.is_set():
-                return batch
-            self._gathered.wait(left)
 
     def _deliver(self, batch: list[Envelope], *, retry: bool) -> None:
         """Apply one batch (one delivery id, kept across retries), publish its discoveries, settle it."""
@@ -256,7 +175,7 @@ class LocalSender:
                     log.exception("embedded_apply_failed", envelopes=len(batch), retry_in=delay)
                 elif failures == 1:
                     log.warning("embedded_apply_failed", envelopes=len(batch), error=_describe(error))
-                if not retry or self._stopping.wait(delay):
+                if not retry or self._gatherer.stopping.wait(delay):
                     return
                 delay = min(delay * 2, self._max_retry_interval)
         if failures:
@@ -268,8 +187,7 @@ class LocalSender:
             self._stats["dead_lettered"] += report.dead_lettered
             self._stats["discoveries"] += published
             self._stats["batches"] += 1
-            self._in_memory -= len(batch)
-            self._state.notify_all()
+            self._gatherer.settle(len(batch))
 
 
 def _describe(error: Exception) -> str:
