@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ostinato.federation.commands import export_command, import_learnings_command
 from ostinato.settings import get_settings, redact_url
 
 if TYPE_CHECKING:
@@ -304,6 +305,9 @@ def doctor() -> None:
     render(findings, console)
     raise typer.Exit(exit_code(findings))
 
+
+app.command("export")(export_command)
+app.command("import-learnings")(import_learnings_command)
 
 if __name__ == "__main__":
     app()
