@@ -1,0 +1,168 @@
+"""What an upstream store of schema version 15 holds: its tables and the columns the import reads.
+
+A file that lacks any of these is not a store this importer understands, and is refused before anything is
+written. Extra columns or tables are ignored.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 15
+"""The only upstream schema version whose layout and conventions this importer knows."""
+
+DEFAULT_CHUNK_SIZE = 1000
+"""Rows per transaction: an interrupted import loses at most this much work, and a chunk stays cheap."""
+
+TABLES: dict[str, tuple[str, ...]] = {
+    "patterns": (
+        "id",
+        "pattern_type",
+        "pattern_name",
+        "description",
+        "occurrence_count",
+        "first_seen",
+        "last_seen",
+        "last_confirmed",
+        "led_to_success_count",
+        "led_to_failure_count",
+        "effectiveness_score",
+        "variance",
+        "suggested_action",
+        "context_tags",
+        "priority_score",
+        "quarantine_status",
+        "provenance_job_hash",
+        "provenance_sheet_num",
+        "quarantined_at",
+        "validated_at",
+        "quarantine_reason",
+        "trust_score",
+        "trust_calculation_date",
+        "success_factors",
+        "success_factors_updated_at",
+        "active",
+        "content_hash",
+        "instrument_name",
+    ),
+    "executions": (
+        "id",
+        "workspace_hash",
+        "job_hash",
+        "sheet_num",
+        "started_at",
+        "completed_at",
+        "duration_seconds",
+        "status",
+        "retry_count",
+        "success_without_retry",
+        "validation_pass_rate",
+        "confidence_score",
+        "model",
+        "error_codes",
+    ),
+    "pattern_applications": (
+        "id",
+        "pattern_id",
+        "execution_id",
+        "applied_at",
+        "pattern_led_to_success",
+        "retry_count_before",
+        "retry_count_after",
+        "grounding_confidence",
+    ),
+    "error_recoveries": (
+        "id",
+        "error_code",
+        "suggested_wait",
+        "actual_wait",
+        "recovery_success",
+        "recorded_at",
+        "model",
+        "time_of_day",
+    ),
+    "escalation_decisions": (
+        "id",
+        "job_hash",
+        "sheet_num",
+        "confidence",
+        "action",
+        "guidance",
+        "validation_pass_rate",
+        "retry_count",
+        "outcome_after_action",
+        "recorded_at",
+        "model",
+    ),
+    "rate_limit_events": (
+        "id",
+        "error_code",
+        "model",
+        "recorded_at",
+        "expires_at",
+        "source_job_hash",
+        "duration_seconds",
+    ),
+    "pattern_entropy_history": (
+        "id",
+        "calculated_at",
+        "shannon_entropy",
+        "max_possible_entropy",
+        "diversity_index",
+        "unique_pattern_count",
+        "effective_pattern_count",
+        "total_applications",
+        "dominant_pattern_share",
+        "threshold_exceeded",
+    ),
+    "entropy_responses": (
+        "id",
+        "job_hash",
+        "recorded_at",
+        "entropy_at_trigger",
+        "threshold_used",
+        "actions_taken",
+        "budget_boosted",
+        "quarantine_revisits",
+        "patterns_revisited",
+    ),
+    "exploration_budget": (
+        "id",
+        "job_hash",
+        "recorded_at",
+        "budget_value",
+        "entropy_at_time",
+        "adjustment_type",
+        "adjustment_reason",
+    ),
+    "pattern_discovery_events": (
+        "id",
+        "pattern_id",
+        "pattern_name",
+        "pattern_type",
+        "source_job_hash",
+        "recorded_at",
+        "expires_at",
+        "effectiveness_score",
+        "context_tags",
+    ),
+    "evolution_trajectory": (
+        "id",
+        "cycle",
+        "recorded_at",
+        "evolutions_completed",
+        "evolutions_deferred",
+        "issue_classes",
+        "cv_avg",
+        "implementation_loc",
+        "test_loc",
+        "loc_accuracy",
+        "research_candidates_resolved",
+        "research_candidates_created",
+        "notes",
+    ),
+    "workspace_clusters": ("workspace_hash", "cluster_id", "assigned_at"),
+}
+"""Each data table and the columns read from it, in import order (patterns first, so a reader of the store
+during a long import sees the patterns its applications refer to)."""
+
+KEY_COLUMN: dict[str, str] = dict.fromkeys(TABLES, "id") | {"workspace_clusters": "workspace_hash"}
+"""The column that identifies a row in both stores: what "already present" is decided on."""
