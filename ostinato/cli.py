@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ostinato.federation.commands import export_command, import_learnings_command
 from ostinato.settings import get_settings, redact_url
+from ostinato.upstream.cli import import_sqlite_command
 
 if TYPE_CHECKING:
     from ostinato.workers.store import Store
@@ -306,6 +307,7 @@ def doctor() -> None:
     raise typer.Exit(exit_code(findings))
 
 
+app.command("import-sqlite")(import_sqlite_command)
 app.command("export")(export_command)
 app.command("import-learnings")(import_learnings_command)
 
