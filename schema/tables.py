@@ -91,6 +91,10 @@ patterns = Table(
     Column("active", Boolean, nullable=False, server_default=text("true")),
     Column("content_hash", String(64)),
     Column("instrument_name", String(200)),
+    Column("description_stamp", Text),
+    Column("action_stamp", Text),
+    Column("tags_stamp", Text),
+    Column("origin_stamp", Text),
     Index("idx_patterns_type", "pattern_type"),
     Index("idx_patterns_priority", text("priority_score DESC")),
     Index("idx_patterns_confirmed", "last_confirmed"),
@@ -100,6 +104,11 @@ patterns = Table(
     Index("idx_patterns_instrument", "instrument_name"),
     Index("idx_patterns_tags", "context_tags", postgresql_using="gin"),
 )
+"""The ``*_stamp`` columns record which sighting a field came from, so the outcome does not depend on the
+order workers apply sightings in (SPEC-store §0.1): description (with its content hash), suggested action and
+tags come from the latest sighting that carries them, instrument and provenance from the earliest
+(``workers/store/patterns.py``). NULL on rows written before revision 0003 or imported.
+"""
 
 pattern_applications = Table(
     "pattern_applications",
@@ -289,8 +298,19 @@ detection_evidence = Table(
     Column("count", BigInteger, nullable=False),
     Column("extra", Float, nullable=False, server_default="0"),
     Column("label", Text, nullable=False, server_default=""),
+    Column("first_seen", UTCDateTime),
+    Column("last_seen", UTCDateTime),
+    Column("sheet_num", Integer),
+    Column("instrument_name", String(200)),
+    Column("origin", Text),
 )
-"""Per-job totals of detection evidence, so pattern detection is exact however outcomes are batched."""
+"""Per-job totals of detection evidence, so pattern detection is exact however outcomes are batched.
+
+``first_seen``, ``sheet_num``, ``instrument_name`` and ``label`` are those of the earliest evidence: the
+lowest ``origin`` (its origin stamp: time, sheet, then the values; ``workers/store/patterns.py``), then the
+lowest label. ``last_seen`` is the latest evidence's time. Rows written before revision 0003 have no times
+until their next evidence.
+"""
 
 processed_messages = Table(
     "processed_messages",

@@ -327,10 +327,11 @@ def test_add_sightings_does_what_upsert_does_for_an_existing_pattern(
     differ = {"id", "pattern_name", "content_hash"}
     assert one.model_dump(exclude=differ) == many.model_dump(exclude=differ)
     assert one.occurrence_count == 1 + int(change.get("count", 1))  # type: ignore[call-overload]
-    if change.get("description") is not None:
-        assert many.content_hash == content_hash("semantic_failure", "in a batch", str(change["description"]))
-    else:
-        assert many.content_hash == content_hash("semantic_failure", "in a batch", "old words")
+    # The text is the latest-seen sighting's (SPEC-store §0.1): an older sighting's description loses.
+    newer = change.get("description") is not None and "seen_at" not in change
+    described = str(change["description"]) if newer else "old words"
+    assert (many.description, one.description) == (described, described)
+    assert many.content_hash == content_hash("semantic_failure", "in a batch", described)
 
 
 def test_new_ids_are_canonical_random_uuids() -> None:

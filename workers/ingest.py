@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import structlog
 
@@ -31,11 +30,10 @@ from ostinato.workers.detection.jobs import detect_sightings
 from ostinato.workers.store import ApplicationInput, Store
 from ostinato.workers.store.evolution import DuplicateCycleError
 from ostinato.workers.store.executions import ExecutionInput
-from ostinato.workers.store.patterns import PatternSighting
+from ostinato.workers.store.patterns import PatternSighting, merge_sightings
 from ostinato.workers.store.success_factors import FactorObservation, observation
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 Detector = Callable[[Store, Sequence[SheetOutcomeMessage]], list[PatternSighting]]
 """Turns the outcomes of a batch into pattern sightings (pattern detection plugs in here)."""
@@ -269,37 +267,16 @@ def _sighting(message: PatternReportMessage) -> PatternSighting:
 
 
 def _combine(sightings: Iterable[PatternSighting]) -> list[PatternSighting]:
-    """One sighting per pattern id, in id order: counts add up, the latest non-empty values win.
+    """One sighting per pattern id, in id order, leaving what applying them one by one would leave.
 
-    The first sighting's provenance is kept: it is the job the pattern's discovery is credited to.
+    Counts add up; description, suggested action and tags are the latest-seen sighting's, instrument and
+    provenance the earliest's (``merge_sightings``), so a batch stores the same as the same sightings
+    spread over many batches applied in any order.
     """
     groups: dict[str, list[PatternSighting]] = defaultdict(list)
     for s in sightings:
         groups[s.id].append(s)
-    combined = []
-    for pid in sorted(groups):
-        group = sorted(groups[pid], key=lambda s: s.seen_at)
-        first, last = group[0], group[-1]
-
-        merged = PatternSighting(
-            pattern_type=first.pattern_type,
-            pattern_name=first.pattern_name,
-            seen_at=last.seen_at,
-            description=_latest([s.description for s in group]),
-            context_tags=_latest([s.context_tags for s in group]),
-            suggested_action=_latest([s.suggested_action for s in group]),
-            provenance_job_hash=first.provenance_job_hash,
-            provenance_sheet_num=first.provenance_sheet_num,
-            instrument_name=_latest([s.instrument_name for s in group]),
-            count=sum(s.count for s in group),
-        )
-        combined.append(merged)
-    return combined
-
-
-def _latest(values: Sequence[T | None]) -> T | None:
-    """The last value that is not None."""
-    return next((v for v in reversed(values) if v is not None), None)
+    return [merge_sightings(groups[pid]) for pid in sorted(groups)]
 
 
 def _success_observations(message: SheetOutcomeMessage) -> list[FactorObservation]:

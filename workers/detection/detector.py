@@ -100,6 +100,8 @@ class Evidence:
 
 OUTCOMES_KEY = "outcomes"
 """Not a pattern: the number of outcomes, which the first-attempt success rate divides by."""
+FIRST_ATTEMPT_KEY = "success:first_attempt"
+"""The one pattern whose description divides by the number of outcomes."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def evidence(outcome: SheetOutcome) -> list[Evidence]:
     if outcome.completion_mode_used:
         items.append(Evidence("completion:used", extra=1.0 if _passed_all(outcome) else 0.0))
     if outcome.success_without_retry:
-        items.append(Evidence("success:first_attempt"))
+        items.append(Evidence(FIRST_ATTEMPT_KEY))
     items += [
         Evidence("confidence:low")
         for r in outcome.validation_results

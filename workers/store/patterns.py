@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, NamedTuple
+from datetime import UTC, datetime
+from typing import Any, Literal, NamedTuple
 
 import structlog
 from sqlalchemy import (
@@ -15,6 +17,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     column,
     exists,
     func,
@@ -41,10 +44,50 @@ RETIRED = QuarantineStatus.RETIRED.value
 RESCORE_CHUNK = 100
 """Patterns whose recent applications one statement reads (each is one part of a ``UNION ALL``)."""
 
+TextField = Literal["description", "suggested_action", "context_tags"]
+TEXT_FIELDS: tuple[TextField, ...] = ("description", "suggested_action", "context_tags")
+STAMP_COLUMNS: dict[TextField, str] = {
+    "description": "description_stamp",
+    "suggested_action": "action_stamp",
+    "context_tags": "tags_stamp",
+}
+ORIGIN = "origin"
+ORIGIN_COLUMNS = ("instrument_name", "provenance_job_hash", "provenance_sheet_num")
+
+
+def _instant(at: datetime) -> str:
+    """A time as fixed-width text in UTC, so stamps compare as the times do."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _digest(value: str | Sequence[object]) -> str:
+    """A short fingerprint of a value: the last tie-break, so two different values never rank equal."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def origin_stamp(
+    first_seen: datetime, instrument_name: str | None, job_hash: str | None, sheet_num: int | None
+) -> str:
+    """Where an instrument and provenance rank as a pattern's origin: the lowest stamp is the earliest.
+
+    Ordered by time, then sheet number (none first), then the values, as plain text by code point.
+    """
+    sheet = "-" if sheet_num is None else f"{sheet_num:012d}"
+    return f"{_instant(first_seen)}|{sheet}|{_digest([instrument_name, job_hash, sheet_num])}"
+
 
 @dataclass(frozen=True)
 class PatternSighting:
-    """One or more sightings of a pattern, as ``record_pattern`` takes them."""
+    """One or more sightings of a pattern, as ``record_pattern`` takes them.
+
+    What the stored pattern ends up saying does not depend on the order workers apply sightings in (SPEC-store
+    §0.1). Its description (with the content hash), suggested action and tags are each those of the latest
+    sighting that carries one: latest by ``seen_at``, then by ``rank``, then by the value, so two different
+    values never tie. Its instrument and provenance are those of the earliest sighting (by ``first_seen_at``,
+    then by the values): upstream sets them when the first aggregation creates the row and never changes them.
+    The store keeps each field's winning stamp beside it (``patterns.*_stamp``).
+    """
 
     pattern_type: str
     pattern_name: str
@@ -56,10 +99,70 @@ class PatternSighting:
     provenance_sheet_num: int | None = None
     instrument_name: str | None = None
     count: int = 1
+    first_seen_at: datetime | None = None
+    """When the evidence behind the sighting began (``seen_at`` when None): ``first_seen`` and the origin."""
+    rank: int = 0
+    """Non-negative; among sightings seen at the same instant the higher rank's text wins (detection: how
+    much evidence the text rests on, so a job's complete totals win over its partial ones)."""
+    stamps: Mapping[str, str | None] = field(default_factory=dict)
+    """Stamps that replace the computed ones: a combined sighting carries each field's winner's."""
 
     @property
     def id(self) -> str:
         return pattern_id(self.pattern_type, self.pattern_name)
+
+    @property
+    def first_seen(self) -> datetime:
+        return self.first_seen_at or self.seen_at
+
+    def stamp(self, name: TextField) -> str | None:
+        """Where this sighting's value of a text field ranks; None when it leaves the field alone."""
+        if name in self.stamps:
+            return self.stamps[name]
+        value = getattr(self, name)
+        if value is None:
+            return None
+        return f"{_instant(self.seen_at)}|{self.rank:015d}|{_digest(value)}"
+
+    @property
+    def origin_stamp(self) -> str:
+        """Where this sighting's instrument and provenance rank: the lowest stamp is the origin."""
+        stamp = self.stamps.get(ORIGIN)
+        if stamp is not None:
+            return stamp
+        return origin_stamp(
+            self.first_seen, self.instrument_name, self.provenance_job_hash, self.provenance_sheet_num
+        )
+
+
+def merge_sightings(group: Sequence[PatternSighting]) -> PatternSighting:
+    """Sightings of one pattern as one, leaving what applying them one by one leaves, in any order.
+
+    Counts add up, each text field comes from the latest sighting that carries it, the instrument and
+    provenance from the earliest.
+    """
+    if len(group) == 1:
+        return group[0]
+    origin = min(group, key=lambda s: s.origin_stamp)
+    texts: dict[str, Any] = {}
+    stamps: dict[str, str | None] = {ORIGIN: origin.origin_stamp}
+    for name in TEXT_FIELDS:
+        stamped = [(stamp, s) for s in group if (stamp := s.stamp(name)) is not None]
+        stamp, latest = max(stamped, key=lambda pair: pair[0], default=(None, None))
+        texts[name] = None if latest is None else getattr(latest, name)
+        stamps[name] = stamp
+    return PatternSighting(
+        pattern_type=origin.pattern_type,
+        pattern_name=origin.pattern_name,
+        seen_at=max(s.seen_at for s in group),
+        first_seen_at=min(s.first_seen for s in group),
+        provenance_job_hash=origin.provenance_job_hash,
+        provenance_sheet_num=origin.provenance_sheet_num,
+        instrument_name=origin.instrument_name,
+        count=sum(s.count for s in group),
+        stamps=stamps,
+        **texts,
+    )
 
 
 class UpsertResult(NamedTuple):
@@ -96,10 +199,14 @@ def _sighting_values(s: PatternSighting) -> dict[str, Any]:
         "b_id": s.id,
         "b_count": s.count,
         "b_seen": s.seen_at,
+        "b_first_seen": s.first_seen,
         "b_description": s.description,
         "b_digest": content_hash(s.pattern_type, s.pattern_name, s.description) if described else None,
         "b_action": s.suggested_action,
         "b_tags": None if s.context_tags is None else list(s.context_tags),
+        **{f"b_{STAMP_COLUMNS[name]}": s.stamp(name) for name in TEXT_FIELDS},
+        "b_origin_stamp": s.origin_stamp,
+        **{f"b_{name}": getattr(s, name) for name in ORIGIN_COLUMNS},
     }
 
 
@@ -109,6 +216,10 @@ class PatternsMixin(StoreBase):
     def insert(self, table: Any) -> Any:
         """The dialect's INSERT, which knows ``ON CONFLICT``."""
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    def bytewise(self, text_value: ColumnElement[Any]) -> ColumnElement[Any]:
+        """Text that compares by code point, as Python's ``<`` does, whatever the database's collation."""
+        return text_value.collate("C") if self.dialect == "postgresql" else text_value
 
     # -- create / update --------------------------------------------------------------------------------
 
@@ -158,7 +269,7 @@ class PatternsMixin(StoreBase):
         seen: dict[str, Any] = {
             "occurrence_count": patterns.c.occurrence_count + s.count,
             "last_seen": self.later(patterns.c.last_seen, s.seen_at),
-            "first_seen": self.earlier(patterns.c.first_seen, s.seen_at),
+            "first_seen": self.earlier(patterns.c.first_seen, s.first_seen),
             "active": True,
         }
         twin = (
@@ -178,17 +289,19 @@ class PatternsMixin(StoreBase):
                 pattern_type=s.pattern_type,
                 pattern_name=s.pattern_name,
                 description=s.description,
-                occurrence_count=s.count,
-                first_seen=s.seen_at,
+                occurrence_count=max(s.count, 1),  # a row exists once something was seen
+                first_seen=s.first_seen,
                 last_seen=s.seen_at,
-                last_confirmed=s.seen_at,
+                last_confirmed=s.first_seen,
                 suggested_action=s.suggested_action,
                 context_tags=list(s.context_tags or []),
                 provenance_job_hash=s.provenance_job_hash,
                 provenance_sheet_num=s.provenance_sheet_num,
-                trust_calculation_date=s.seen_at,
+                trust_calculation_date=s.first_seen,
                 content_hash=digest,
                 instrument_name=s.instrument_name,
+                **{STAMP_COLUMNS[name]: s.stamp(name) for name in TEXT_FIELDS},
+                origin_stamp=s.origin_stamp,
             )
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(patterns.c.id)
@@ -212,26 +325,45 @@ class PatternsMixin(StoreBase):
         return self.conn.execute(statement, _sighting_values(sighting)).scalar() is not None
 
     def _sighting_update(self) -> Update:
-        """Count sightings into a pattern row; a field the sighting leaves None keeps its stored value."""
+        """Count sightings into a pattern row: each text field follows its latest sighting, instrument and
+        provenance the earliest (``PatternSighting``); a field the sighting leaves None keeps its value."""
         seen_at = bindparam("b_seen", type_=UTCDateTime())
-        return (
-            update(patterns)
-            .where(patterns.c.id == bindparam("b_id"))
-            .values(
-                occurrence_count=patterns.c.occurrence_count + bindparam("b_count"),
-                last_seen=self.later(patterns.c.last_seen, seen_at),
-                first_seen=self.earlier(patterns.c.first_seen, seen_at),
-                active=True,
-                description=func.coalesce(bindparam("b_description", type_=Text()), patterns.c.description),
-                content_hash=func.coalesce(bindparam("b_digest", type_=Text()), patterns.c.content_hash),
-                suggested_action=func.coalesce(
-                    bindparam("b_action", type_=Text()), patterns.c.suggested_action
-                ),
-                context_tags=func.coalesce(
-                    bindparam("b_tags", type_=patterns.c.context_tags.type), patterns.c.context_tags
-                ),
+        first_seen = bindparam("b_first_seen", type_=UTCDateTime())
+        values: dict[str, Any] = {
+            "occurrence_count": patterns.c.occurrence_count + bindparam("b_count"),
+            "last_seen": self.later(patterns.c.last_seen, seen_at),
+            "first_seen": self.earlier(patterns.c.first_seen, first_seen),
+            "active": True,
+        }
+        # Times that start at the pattern's creation (its first sighting) and were not moved since follow
+        # an earlier first sighting that arrives late, as if it had been applied first.
+        for since_creation in (patterns.c.last_confirmed, patterns.c.trust_calculation_date):
+            values[since_creation.name] = case(
+                (since_creation == patterns.c.first_seen, self.earlier(patterns.c.first_seen, first_seen)),
+                else_=since_creation,
             )
-        )
+        texts: dict[TextField, dict[str, str]] = {
+            "description": {"description": "b_description", "content_hash": "b_digest"},
+            "suggested_action": {"suggested_action": "b_action"},
+            "context_tags": {"context_tags": "b_tags"},
+        }
+        for name, columns in texts.items():
+            stored_stamp = patterns.c[STAMP_COLUMNS[name]]
+            stamp = cast(bindparam(f"b_{stored_stamp.name}"), Text())
+            newer = and_(stamp.is_not(None), or_(stored_stamp.is_(None), self.bytewise(stored_stamp) < stamp))
+            values[stored_stamp.name] = case((newer, stamp), else_=stored_stamp)
+            for name_of_column, param in columns.items():
+                stored = patterns.c[name_of_column]
+                values[name_of_column] = case((newer, bindparam(param, type_=stored.type)), else_=stored)
+        origin = cast(bindparam("b_origin_stamp"), Text())
+        earlier = and_(patterns.c.origin_stamp.is_not(None), origin < self.bytewise(patterns.c.origin_stamp))
+        values["origin_stamp"] = case((earlier, origin), else_=patterns.c.origin_stamp)
+        for name_of_column in ORIGIN_COLUMNS:
+            stored = patterns.c[name_of_column]
+            values[name_of_column] = case(
+                (earlier, bindparam(f"b_{name_of_column}", type_=stored.type)), else_=stored
+            )
+        return update(patterns).where(patterns.c.id == bindparam("b_id")).values(values)
 
     def _update_returning(self, where: ColumnElement[bool], values: dict[str, Any]) -> str | None:
         found = self.conn.execute(
