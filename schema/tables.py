@@ -125,6 +125,7 @@ pattern_applications = Table(
     Column("validation_passed", Boolean),
     Index("idx_app_pattern_latest", "pattern_id", text("applied_at DESC"), text("id DESC")),
     Index("idx_app_execution", "execution_id"),
+    Index("idx_app_applied", "applied_at", "pattern_id"),
 )
 
 executions = Table(
@@ -148,6 +149,9 @@ executions = Table(
     Index("idx_exec_status", "status"),
     Index("idx_exec_started", "started_at"),
     Index("idx_exec_completed", text("completed_at DESC"), text("id DESC")),
+    Index("idx_exec_job_latest", "job_hash", text("completed_at DESC"), text("id DESC")),
+    Index("idx_exec_workspace_latest", "workspace_hash", text("completed_at DESC"), text("id DESC")),
+    Index("idx_exec_sheet_latest", "sheet_num", text("completed_at DESC"), text("id DESC")),
 )
 
 error_recoveries = Table(
@@ -161,7 +165,9 @@ error_recoveries = Table(
     Column("recorded_at", UTCDateTime, nullable=False),
     Column("model", String(200)),
     Column("time_of_day", Integer),
-    Index("idx_recovery_code", "error_code"),
+    Index("idx_recovery_code_latest", "error_code", text("recorded_at DESC"), text("id DESC")),
+    Index("idx_recovery_code_model_latest", "error_code", "model", text("recorded_at DESC"), text("id DESC")),
+    Index("idx_recovery_code_hour", "error_code", "time_of_day", "recovery_success"),
     Index("idx_recovery_success", "recovery_success"),
 )
 
@@ -204,7 +210,7 @@ escalation_decisions = Table(
     Column("model", String(200)),
     Index("idx_escalation_job", "job_hash"),
     Index("idx_escalation_action", "action"),
-    Index("idx_escalation_confidence", "confidence"),
+    Index("idx_escalation_similarity", "confidence", "validation_pass_rate"),
 )
 
 pattern_discovery_events = Table(

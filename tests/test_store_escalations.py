@@ -86,3 +86,23 @@ def test_records_are_sanitised_on_read(store: Store) -> None:
     [record] = store.get_escalation_history()
     assert record.action == "abort"
     assert record.confidence == pytest.approx(1.0)
+
+
+def test_similarity_bounds_are_those_of_the_distance(store: Store) -> None:
+    """The index ranges only narrow the search: decisions exactly at (and just past) the tolerance are
+    included (excluded) as the absolute distance decides, compared with the distance computed here."""
+    confidence, rate, tolerance = 0.55, 0.4, 0.15
+    candidates = [0.4, 0.7, 0.39999999, 0.70000001, 0.55 - 0.15, 0.55 + 0.15, 0.1, 0.9]
+    for value in candidates:
+        decide(store, value, rate, None)
+        decide(store, confidence, value, None)
+    found = store.get_similar_escalation(confidence, rate, tolerance, tolerance, limit=100)
+    expected = sorted(
+        [(c, rate) for c in candidates if abs(c - confidence) <= tolerance and abs(rate - rate) <= tolerance]
+        + [
+            (confidence, r)
+            for r in candidates
+            if abs(confidence - confidence) <= tolerance and abs(r - rate) <= tolerance
+        ]
+    )
+    assert sorted((d.confidence, d.validation_pass_rate) for d in found) == expected

@@ -103,3 +103,15 @@ def test_time_of_day_defaults_to_the_events_utc_hour(store: Store) -> None:
     assert store.get_optimal_execution_window()["optimal_hours"] == []
     store.record_error_recovery("E101", 60.0, 30.0, True, recorded_at=at - timedelta(minutes=10))
     assert store.get_optimal_execution_window()["optimal_hours"] == [23]
+
+
+@pytest.mark.parametrize(("count", "confidence"), [(3, 0.3), (9, 0.9), (10, 1.0), (37, 1.0)])
+def test_fallback_confidence_saturates_at_ten_successes(store: Store, count: int, confidence: float) -> None:
+    """The capped count (it stops at ten rows) gives the confidence the full count gave."""
+    successes(store, [30.0] * count)
+    for _ in range(5):
+        store.record_error_recovery("E101", 60.0, 5.0, False)
+    assert store.get_error_recovery_sample_count("E101") == count
+    _, found, _ = store.get_learned_wait_time_with_fallback("E101", 60.0)
+    assert found == pytest.approx(min(count / 10, 1.0), abs=TOL)
+    assert found == pytest.approx(confidence, abs=TOL)

@@ -262,10 +262,14 @@ class DiversityMixin(PatternsMixin):
     def _application_counts(self) -> list[int]:
         """Applications per pattern row (0 for unapplied), in id order so float sums are reproducible."""
         pa = pattern_applications
+        # Counted per pattern id first (an index-only scan of idx_app_pattern_latest), then joined: joining
+        # every application row to its pattern before grouping made PostgreSQL hash and sort them all.
+        per_pattern = (
+            select(pa.c.pattern_id, func.count().label("n")).group_by(pa.c.pattern_id).subquery("per_pattern")
+        )
         query = (
-            select(func.count(pa.c.id))
-            .select_from(patterns.outerjoin(pa, pa.c.pattern_id == patterns.c.id))
-            .group_by(patterns.c.id)
+            select(func.coalesce(per_pattern.c.n, 0))
+            .select_from(patterns.outerjoin(per_pattern, per_pattern.c.pattern_id == patterns.c.id))
             .order_by(patterns.c.id)
         )
         return [int(n) for n in self.conn.execute(query).scalars()]

@@ -105,9 +105,22 @@ class EscalationsMixin(PatternsMixin):
             (_e.outcome_after_action.is_(None), 2),
             else_=3,
         )
+        # The widened ranges let idx_escalation_similarity find the candidates; the abs() conditions, exact
+        # as before, decide. The slack covers the rounding of ``confidence ± tolerance``.
+        slack = 1e-9
         query = (
             select(escalation_decisions)
-            .where(conf_diff <= confidence_tolerance, rate_diff <= pass_rate_tolerance)
+            .where(
+                _e.confidence.between(
+                    confidence - confidence_tolerance - slack, confidence + confidence_tolerance + slack
+                ),
+                _e.validation_pass_rate.between(
+                    validation_pass_rate - pass_rate_tolerance - slack,
+                    validation_pass_rate + pass_rate_tolerance + slack,
+                ),
+                conf_diff <= confidence_tolerance,
+                rate_diff <= pass_rate_tolerance,
+            )
             .order_by(outcome_rank, conf_diff + rate_diff, _e.recorded_at.desc(), _e.id.desc())
             .limit(limit)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
@@ -84,7 +85,8 @@ class RecoveriesMixin(PatternsMixin):
         learned = self.get_learned_wait_time(error_code, model, min_samples)
         if learned is None:
             return static_delay, 0.0, "static_fallback"
-        confidence = min(self.get_error_recovery_sample_count(error_code) / FULL_CONFIDENCE_SAMPLES, 1.0)
+        samples = self._error_recovery_samples_up_to(error_code, math.ceil(FULL_CONFIDENCE_SAMPLES))
+        confidence = min(samples / FULL_CONFIDENCE_SAMPLES, 1.0)
         floored = max(learned, FLOOR_SHARE * static_delay)
         if confidence >= min_confidence:
             return floored, confidence, "global_learned"
@@ -100,3 +102,17 @@ class RecoveriesMixin(PatternsMixin):
             .where(error_recoveries.c.error_code == error_code, error_recoveries.c.recovery_success.is_(True))
         )
         return int(self.conn.execute(query).scalar_one())
+
+    def _error_recovery_samples_up_to(self, error_code: str, cap: int) -> int:
+        """``min(get_error_recovery_sample_count(error_code), cap)``, reading at most ``cap`` index rows.
+
+        Confidence saturates at ``FULL_CONFIDENCE_SAMPLES``, so counting further only made the read grow with
+        the code's history.
+        """
+        capped = (
+            select(error_recoveries.c.id)
+            .where(error_recoveries.c.error_code == error_code, error_recoveries.c.recovery_success.is_(True))
+            .limit(cap)
+            .subquery()
+        )
+        return int(self.conn.execute(select(func.count()).select_from(capped)).scalar_one())
