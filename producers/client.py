@@ -21,13 +21,14 @@ discoveries broadcast inside the process (``ostinato.embedded``, loaded only the
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 from uuid import UUID, uuid4
 
 import structlog
@@ -96,6 +97,19 @@ AnyMessage = (
 BeforeSend = Callable[[Message], Message | None]
 """Sees every message after scrubbing; returns it (changed or not) to send it, or None to drop it."""
 TAIL_FIELDS = ("stdout_tail", "stderr_tail")
+PreflightReads = Literal["sql", "readmodel"]
+READS_ENV = "OSTINATO_PREFLIGHT_READS"
+
+
+def preflight_reads() -> PreflightReads:
+    """Where preflight reads go when a client is not told: ``OSTINATO_PREFLIGHT_READS`` (``sql``, the default,
+    or ``readmodel``: the Redis read model, no database URL or connection)."""
+    value = os.environ.get(READS_ENV, "sql").strip().lower() or "sql"
+    if value not in ("sql", "readmodel"):
+        raise ValueError(f"{READS_ENV} must be 'sql' or 'readmodel', not {value!r}")
+    return "readmodel" if value == "readmodel" else "sql"
+
+
 RAW_TAIL_WINDOW = 4 * TAIL_LIMIT
 """Scrubbing looks at 16 KiB of a tail before cutting it to 4 KiB, so a secret cut in half at the window's
 edge lies in the part that is dropped."""
@@ -150,6 +164,7 @@ class Client:
         scrubber: Scrubber | None = None,
         sender: Sender | None = None,
         durable: bool | None = None,
+        reads: PreflightReads | None = None,
     ) -> None:
         if embedded is not None and sender is not None:
             raise ValueError("a client takes either its own sender or an embedded runtime, not both")
@@ -174,6 +189,9 @@ class Client:
         self._losses_at_start = self._losses() if sender is None else 0
         self._rate_limits: RateLimiter | None = None
         self._preflight: Preflight | None = None
+        self.reads: PreflightReads = "sql" if self._runtime is not None else reads or preflight_reads()
+        if self.reads not in ("sql", "readmodel"):
+            raise ValueError(f"reads must be 'sql' or 'readmodel', not {self.reads!r}")
 
     # -- publishing -------------------------------------------------------------------------------------
 
@@ -436,7 +454,12 @@ class Client:
     def _reader(self) -> Preflight:
         with self._lock:
             if self._preflight is None:
-                self._preflight = Preflight(self.settings)
+                if self.reads == "readmodel":
+                    from ostinato.producers.readmodel import ReadModelPreflight
+
+                    self._preflight = ReadModelPreflight(self.settings)
+                else:
+                    self._preflight = Preflight(self.settings)
             return self._preflight
 
     # -- live discoveries -------------------------------------------------------------------------------

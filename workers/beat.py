@@ -17,6 +17,7 @@ from ostinato.workers.broadcast import publish_discoveries
 from ostinato.workers.celery_app import app
 from ostinato.workers.intake import NOT_THE_MESSAGES_FAULT
 from ostinato.workers.maintenance import PASSES, period_seconds
+from ostinato.workers.readmodel import request_publish
 
 TASK_PREFIX = "ostinato.maintenance."
 MAX_RETRIES = 3
@@ -50,6 +51,8 @@ def run_maintenance(task: Task, name: str) -> dict[str, Any]:
     except NOT_THE_MESSAGES_FAULT as error:
         raise task.retry(exc=error, countdown=0, max_retries=MAX_RETRIES) from error
     published = publish_discoveries(runtime.redis_client(), settings.patterns_channel, result.discoveries)
+    if result.ran:
+        request_publish(runtime.store(), runtime.redis_client(), settings)
     return {
         "task": name,
         "period_start": result.period_start.isoformat(),

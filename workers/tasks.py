@@ -19,6 +19,7 @@ from ostinato.workers.broadcast import publish_discoveries
 from ostinato.workers.celery_app import app
 from ostinato.workers.detection.jobs import detect_sightings
 from ostinato.workers.intake import NOT_THE_MESSAGES_FAULT, Intake
+from ostinato.workers.readmodel import request_publish
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +53,8 @@ def run_ingest(task: Task, raw: object, expected_kind: str | None) -> dict[str, 
         raise task.retry(exc=error, countdown=0, max_retries=None) from error
     runtime.settle_heap()
     broadcast = publish_discoveries(runtime.redis_client(), settings.patterns_channel, report.discoveries)
+    if report.applied:
+        request_publish(runtime.store(), runtime.redis_client(), settings)
     return {
         "applied": report.applied,
         "duplicates": report.duplicates,

@@ -1,0 +1,315 @@
+"""The preflight read model: a runner's local copy of what its reads need, kept fresh from Redis (issue 12).
+
+Workers publish a snapshot after their commits (``ostinato.workers.readmodel``): the rows the preflight reads
+query (every pattern; learned-wait recoveries; the latest exploration budget per job; unexpired discoveries;
+the latest executions and escalation decisions), zlib-compressed JSON in ``{prefix}readmodel:snapshot``, its
+version in ``{prefix}readmodel:version`` (both set together by one script), and the version on the pub/sub
+channel ``{prefix}readmodel``. A runner keeps the latest snapshot loaded into an in-memory SQLite store (the
+same tables and indexes) and runs the store's own queries against it, so the selection rules (SPEC-store §0.5)
+are those of the direct SQL reads, without a database URL or a PostgreSQL connection. A notification, or a
+version poll every ``poll_interval`` seconds when one is lost, makes it load the new snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import redis
+import structlog
+
+from ostinato.producers.preflight import Preflight
+from ostinato.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+
+    from ostinato.workers.store import Store
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+FORMAT = 1
+POLL_INTERVAL_S = 1.0
+"""Fallback version poll when a notification is lost (Redis pub/sub delivers at most once)."""
+FIRST_LOAD_TIMEOUT_S = 2.0
+SECTIONS = (
+    "patterns",
+    "error_recoveries",
+    "exploration_budget",
+    "pattern_discovery_events",
+    "executions",
+    "escalation_decisions",
+)
+"""The tables of the snapshot; each section holds the rows (or the bounded part, see the workers' module)
+the preflight reads query."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    snapshot: str
+    version: str
+    taken_at: str
+    throttle: str
+    channel: str
+
+
+def keys(settings: Settings) -> Keys:
+    prefix = settings.key_prefix
+    return Keys(
+        snapshot=f"{prefix}readmodel:snapshot",
+        version=f"{prefix}readmodel:version",
+        taken_at=f"{prefix}readmodel:taken_at",
+        throttle=f"{prefix}readmodel:throttle",
+        channel=f"{prefix}readmodel",
+    )
+
+
+def tables() -> dict[str, Table]:
+    from ostinato.schema import tables as schema
+
+    return {name: getattr(schema, name) for name in SECTIONS}
+
+
+def _datetime_columns(table: Table) -> set[str]:
+    from ostinato.schema.tables import UTCDateTime
+
+    return {column.name for column in table.columns if isinstance(column.type, UTCDateTime)}
+
+
+def encode(sections: dict[str, list[dict[str, Any]]], taken_at: float) -> bytes:
+    """Rows as JSON (times as ISO strings), compressed."""
+    out: dict[str, Any] = {"format": FORMAT, "taken_at": taken_at, "sections": {}}
+    for name, table in tables().items():
+        times = _datetime_columns(table)
+        columns = [column.name for column in table.columns]
+        rows = [
+            [
+                (value.isoformat() if value is not None else None) if column in times else value
+                for column, value in ((column, row.get(column)) for column in columns)
+            ]
+            for row in sections.get(name, [])
+        ]
+        out["sections"][name] = {"columns": columns, "rows": rows}
+    return zlib.compress(json.dumps(out, separators=(",", ":")).encode(), 1)
+
+
+def decode(blob: bytes) -> tuple[float, dict[str, list[dict[str, Any]]]]:
+    data = json.loads(zlib.decompress(blob))
+    if data.get("format") != FORMAT:
+        raise ValueError(f"read model format {data.get('format')!r}, expected {FORMAT}")
+    sections: dict[str, list[dict[str, Any]]] = {}
+    for name, table in tables().items():
+        section = data["sections"].get(name, {"columns": [], "rows": []})
+        times = _datetime_columns(table)
+        known = {column.name for column in table.columns}
+        columns: list[str] = section["columns"]
+        rows = []
+        for values in section["rows"]:
+            row = {
+                column: (datetime.fromisoformat(value) if column in times and value is not None else value)
+                for column, value in zip(columns, values, strict=True)
+                if column in known
+            }
+            rows.append(row)
+        sections[name] = rows
+    return float(data["taken_at"]), sections
+
+
+def memory_store(
+    sections: dict[str, list[dict[str, Any]]], clock: Callable[[], datetime] | None = None
+) -> Store:
+    """An in-memory SQLite store holding ``sections`` (the snapshot's tables, with their indexes)."""
+    from sqlalchemy.pool import StaticPool
+
+    from ostinato.schema.tables import metadata
+    from ostinato.workers.store import Store, create_store_engine, utcnow
+
+    engine = create_store_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+    by_name = tables()
+    metadata.create_all(engine, tables=list(by_name.values()))
+    with engine.begin() as connection:
+        for name, table in by_name.items():
+            rows = sections.get(name, [])
+            if rows:
+                connection.execute(table.insert(), rows)
+    return Store(engine, clock=clock or utcnow)
+
+
+@dataclass
+class Loaded:
+    version: int
+    taken_at: float
+    loaded_at: float
+    store: Store
+    lock: threading.Lock
+
+
+class ReadModel:
+    """One process's copy of the read model, shared by its clients (``shared``/``release``).
+
+    A thread listens on the channel and polls the version; each new version is loaded into a new store
+    and swapped in whole, so a read sees one snapshot. Reads of one copy are serialised (each is well under
+    a millisecond to a few milliseconds).
+    """
+
+    _shared: ClassVar[dict[tuple[str, str], ReadModel]] = {}
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        poll_interval: float = POLL_INTERVAL_S,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.keys = keys(settings)
+        self.poll_interval = poll_interval
+        self._clock = clock
+        self._redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+        self._current: Loaded | None = None
+        self._load_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._users = 0
+        self._thread: threading.Thread | None = None
+        self._first = threading.Event()
+
+    # -- sharing ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def shared(cls, settings: Settings) -> ReadModel:
+        key = (settings.broker_url, settings.key_prefix)
+        with cls._shared_lock:
+            model = cls._shared.get(key)
+            if model is None:
+                model = cls._shared[key] = cls(settings)
+            model._users += 1
+            return model
+
+    def release(self) -> None:
+        key = (self.settings.broker_url, self.settings.key_prefix)
+        with self._shared_lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+            if self._shared.get(key) is self:
+                del self._shared[key]
+        self.close()
+
+    # -- state ------------------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        current = self._current
+        return 0 if current is None else current.version
+
+    def current(self, wait: float = FIRST_LOAD_TIMEOUT_S) -> Loaded | None:
+        """The loaded snapshot; the first call starts the refresher and waits up to ``wait`` for one."""
+        self.start()
+        if self._current is None:
+            self._first.wait(wait)
+        return self._current
+
+    def start(self) -> None:
+        with self._load_lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="ostinato-readmodel", daemon=True)
+                self._thread.start()
+
+    def refresh(self) -> bool:
+        """Load the published snapshot when it is newer than the copy; True when it loaded one."""
+        published = self._redis.get(self.keys.version)
+        if published is None or int(published) <= self.version:
+            self._first.set()
+            return False
+        version, blob = self._redis.mget(self.keys.version, self.keys.snapshot)
+        if version is None or not isinstance(blob, bytes) or int(version) <= self.version:
+            return False
+        taken_at, sections = decode(blob)
+        store = memory_store(sections, self._clock)
+        # The previous copy is not disposed: a read that took it a moment ago finishes on it, and it is
+        # freed with the last reference.
+        self._current = Loaded(int(version), taken_at, time.time(), store, threading.Lock())
+        self._first.set()
+        log.debug("read_model_loaded", version=int(version), patterns=len(sections["patterns"]))
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        current, self._current = self._current, None
+        if current is not None:
+            current.store.engine.dispose()
+        self._redis.close()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.keys.channel)
+                self.refresh()  # after subscribing: a version published in between is not missed
+                backoff = 0.5
+                last_poll = time.monotonic()
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=min(self.poll_interval, 0.5))
+                    due = time.monotonic() - last_poll >= self.poll_interval
+                    if message is not None or due:
+                        last_poll = time.monotonic()
+                        self.refresh()
+            except (redis.RedisError, OSError, ValueError) as error:
+                log.warning("read_model_refresh_failed", error=str(error))
+                self._first.set()  # reads give neutral answers now instead of waiting on each call
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    pubsub.close()
+
+
+class ReadModelPreflight(Preflight):
+    """``Preflight`` answering from the read model: the same queries, on the local copy; no database URL.
+
+    Before a first snapshot arrives (or when Redis never had one), every read gives its neutral answer.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: ReadModel | None = None,
+        clock: Callable[[], datetime] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(settings, clock=clock, rng=rng)
+        self._owns_model = model is None
+        self.model = model or ReadModel.shared(settings)
+
+    def close(self) -> None:
+        if self._owns_model:
+            self.model.release()
+
+    def _read(self, what: str, neutral: T, work: Callable[[Store], T]) -> T:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        current = self.model.current()
+        if current is None:
+            return neutral
+        with current.lock:
+            try:
+                return work(current.store)
+            except SQLAlchemyError as error:
+                log.warning("read_model_read_failed", read=what, error=str(error))
+                return neutral
