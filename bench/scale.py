@@ -496,8 +496,10 @@ def preflight_reads(data: Data, rng: random.Random) -> dict[str, Callable[[Any],
         ),
         "similar_executions": similar,
         "optimal_execution_window": lambda p: p.optimal_execution_window(
-            rng.choice([None, *ERROR_CODES, *ERROR_CODES]), rng.choice(MODELS)
+            zipf_choice(rng, ERROR_CODES), rng.choice(MODELS)
         ),
+        # Without a code the window aggregates every recovery: it grows with history (README "Scale").
+        "optimal_execution_window, no code": lambda p: p.optimal_execution_window(None, rng.choice(MODELS)),
         "patterns_for_auto_apply": lambda p: p.patterns_for_auto_apply(
             context_tags=[f"validation:{rng.choice(VALIDATIONS)}"] if rng.random() < 0.5 else None
         ),

@@ -210,7 +210,14 @@ escalation_decisions = Table(
     Column("model", String(200)),
     Index("idx_escalation_job", "job_hash"),
     Index("idx_escalation_action", "action"),
-    Index("idx_escalation_similarity", "confidence", "validation_pass_rate"),
+    Index(
+        "idx_escalation_similarity",
+        "confidence",
+        "validation_pass_rate",
+        "outcome_after_action",
+        "recorded_at",
+        "id",
+    ),
 )
 
 pattern_discovery_events = Table(

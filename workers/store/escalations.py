@@ -106,10 +106,12 @@ class EscalationsMixin(PatternsMixin):
             else_=3,
         )
         # The widened ranges let idx_escalation_similarity find the candidates; the abs() conditions, exact
-        # as before, decide. The slack covers the rounding of ``confidence ± tolerance``.
+        # as before, decide. The slack covers the rounding of ``confidence ± tolerance``. The ranking reads
+        # only indexed columns (an index-only scan); whole rows are fetched for the ``limit`` chosen ids.
         slack = 1e-9
-        query = (
-            select(escalation_decisions)
+        order = (outcome_rank, conf_diff + rate_diff, _e.recorded_at.desc(), _e.id.desc())
+        chosen = (
+            select(_e.id)
             .where(
                 _e.confidence.between(
                     confidence - confidence_tolerance - slack, confidence + confidence_tolerance + slack
@@ -121,9 +123,10 @@ class EscalationsMixin(PatternsMixin):
                 conf_diff <= confidence_tolerance,
                 rate_diff <= pass_rate_tolerance,
             )
-            .order_by(outcome_rank, conf_diff + rate_diff, _e.recorded_at.desc(), _e.id.desc())
+            .order_by(*order)
             .limit(limit)
         )
+        query = select(escalation_decisions).where(_e.id.in_(chosen.scalar_subquery())).order_by(*order)
         return [_escalation_record(row) for row in self.conn.execute(query)]
 
     @transactional

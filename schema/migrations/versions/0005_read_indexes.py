@@ -10,8 +10,8 @@ LIMIT instead of sorting the whole history (issue 12, part 2; figures in README 
 - error recoveries: latest successful waits of a code (with or without the model), and the per-hour window
   aggregated from the index alone; ``idx_recovery_code`` is a prefix of the first and goes;
 - executions: latest of a job, of a workspace, of a sheet number (``get_similar_executions``);
-- escalation decisions: confidence then pass rate, for the similarity range (replaces
-  ``idx_escalation_confidence``);
+- escalation decisions: confidence, pass rate and the ranking's columns, so the similarity search ranks
+  from the index alone (replaces ``idx_escalation_confidence``);
 - pattern applications: by time, with the pattern id, for the trust pass's "applied since".
 """
 
@@ -54,7 +54,9 @@ def upgrade() -> None:
     with op.batch_alter_table("escalation_decisions", schema=None) as batch_op:
         batch_op.drop_index("idx_escalation_confidence")
         batch_op.create_index(
-            "idx_escalation_similarity", ["confidence", "validation_pass_rate"], unique=False
+            "idx_escalation_similarity",
+            ["confidence", "validation_pass_rate", "outcome_after_action", "recorded_at", "id"],
+            unique=False,
         )
     with op.batch_alter_table("pattern_applications", schema=None) as batch_op:
         batch_op.create_index("idx_app_applied", ["applied_at", "pattern_id"], unique=False)
