@@ -26,7 +26,7 @@ from ostinato.schema import migrate
 from ostinato.schema.identity import hash_job
 from ostinato.schema.tables import patterns
 from ostinato.settings import Settings, get_settings
-from ostinato.workers.readmodel import Publisher, publish_read_model
+from ostinato.workers.readmodel import ENV_SWITCH, Publisher, publish_read_model
 from ostinato.workers.store import Store, create_store_engine
 
 JOB = "readmodel-job"
@@ -148,6 +148,7 @@ def test_reads_equal_the_direct_sql_reads(
     assert model.current() is not None and model.version == version
     from_model = reads(local, job_hash)
     assert from_model == direct
+    assert reads(local, job_hash) == direct  # again, from the copy's memo
     assert any(direct[key] for key in direct if key.startswith("relevant"))
     assert direct["wait E101 None"][2] != "static_fallback"
 
@@ -307,3 +308,33 @@ def test_reads_option_is_validated() -> None:
     with pytest.raises(ValueError, match="reads"):
         Client(JOB, "/srv/readmodel", publish=False, reads="nosql")  # type: ignore[arg-type]
     assert Client(JOB, "/srv/readmodel", publish=False).reads == "sql"
+
+
+@pytest.mark.usefixtures("ingest_worker")
+def test_a_worker_publishes_after_its_commit(
+    pg_store: Store, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole path: a runner reports a pattern, the Celery worker commits it and (publishing switched on)
+    publishes the read model, and another runner reading from the read model sees the pattern."""
+    del pg_store, redis_client
+    monkeypatch.setenv(ENV_SWITCH, "1")
+    context = PatternContext(validation_types=["end-to-end"])
+    with (
+        Client("readmodel-e2e", "/srv/readmodel", preflight=False) as reporter,
+        Client(JOB, "/srv/readmodel", publish=False, reads="readmodel") as reader,
+    ):
+        started = time.monotonic()
+        reporter.report_pattern(
+            "semantic_insight",
+            "end to end",
+            "seen through the worker",
+            context_tags=["validation:end-to-end"],
+        )
+        assert reporter.flush()
+        while not any(
+            "seen through the worker" in p.guidance
+            for p in reader.relevant_patterns(context, rng=random.Random(0))
+        ):
+            assert time.monotonic() - started < 20, "the worker's commit never reached the read model"
+            time.sleep(0.02)
+    print(f"read model, report to visible through a worker: {(time.monotonic() - started) * 1000:.0f} ms")
