@@ -62,6 +62,8 @@ TOTAL_COLUMNS = (
 
 Slot = tuple[str, str]
 """(job hash, evidence key)."""
+_UPSERTS: dict[str, Any] = {}
+"""The totals' upsert per dialect, built once."""
 
 
 @dataclass
@@ -142,9 +144,7 @@ def _total(row: Any) -> tuple[Slot, _Total]:
 def _add_to_totals(store: Store, deltas: dict[Slot, _Delta]) -> dict[Slot, _Total]:
     """Add the deltas to the stored totals in one statement (rows locked in key order); returns the totals.
 
-    Sums add up, the latest time is the later one, and the earliest evidence is the one with the lower
-    (origin stamp, label), compared by code point on every database as Python compares them here. On
-    PostgreSQL the rows travel as one JSON document (as ``Store.insert_rows`` sends them), so the statement
+    On PostgreSQL the rows travel as one JSON document (as ``Store.insert_rows`` sends them), so the statement
     is the same text every time and neither SQLAlchemy nor psycopg parses thousands of parameters again.
     """
     rows = [
@@ -162,25 +162,35 @@ def _add_to_totals(store: Store, deltas: dict[Slot, _Delta]) -> dict[Slot, _Tota
         }
         for (job, key), d in sorted(deltas.items())
     ]
+    statement = _UPSERTS.get(store.dialect)
+    if statement is None:
+        statement = _UPSERTS[store.dialect] = _upsert(store, list(rows[0]))
+    parameters: Any = {"rows": to_json(rows).decode()} if store.dialect == "postgresql" else rows
+    return dict(_total(row) for row in store.conn.execute(statement, parameters))
+
+
+def _upsert(store: Store, names: list[str]) -> Any:
+    """The statement that adds rows of ``names`` to the totals and returns them.
+
+    Sums add up, the latest time is the later one, and the earliest evidence is the one with the lower
+    (origin stamp, label), compared by code point on every database as Python compares them here.
+    """
     c = detection_evidence.c
     statement = store.insert(detection_evidence)
-    parameters: Any = rows
     if store.dialect == "postgresql":
-        names = list(rows[0])
         source = (
             func.jsonb_to_recordset(cast(bindparam("rows", type_=Text()), JSONB()))
             .table_valued(*(column(name, c[name].type) for name in names))
             .render_derived(name="r", with_types=True)
         )
         statement = statement.from_select(names, select(*source.c))
-        parameters = {"rows": to_json(rows).decode()}
     new = statement.excluded
 
     def first(row: Any) -> ColumnElement[Any]:
         return tuple_(store.bytewise(row.origin), store.bytewise(row.label))
 
     earlier = or_(c.origin.is_(None), first(new) < first(c))
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[c.job_hash, c.key],
         set_={
             "count": c.count + new.count,
@@ -189,7 +199,6 @@ def _add_to_totals(store: Store, deltas: dict[Slot, _Delta]) -> dict[Slot, _Tota
             **{name: case((earlier, new[name]), else_=c[name]) for name in FIRST_COLUMNS},
         },
     ).returning(*(c[name] for name in TOTAL_COLUMNS))
-    return dict(_total(row) for row in store.conn.execute(statement, parameters))
 
 
 def _read_totals(store: Store, slots: Iterable[Slot]) -> dict[Slot, _Total]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ log = structlog.get_logger(__name__)
 RETIRED = QuarantineStatus.RETIRED.value
 RESCORE_CHUNK = 100
 """Patterns whose recent applications one statement reads (each is one part of a ``UNION ALL``)."""
+_SIGHTING_UPDATES: dict[str, Update] = {}
 
 TextField = Literal["description", "suggested_action", "context_tags"]
 TEXT_FIELDS: tuple[TextField, ...] = ("description", "suggested_action", "context_tags")
@@ -61,8 +61,11 @@ def _instant(at: datetime) -> str:
 
 
 def _digest(value: str | Sequence[object]) -> str:
-    """A short fingerprint of a value: the last tie-break, so two different values never rank equal."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    """A short fingerprint of a value: the last tie-break, so two different values never rank equal.
+
+    A list (tags, an origin) is taken by its ``repr``, which tells ``None`` from ``"None"`` and is stable.
+    """
+    text = value if isinstance(value, str) else repr(value)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -326,7 +329,16 @@ class PatternsMixin(StoreBase):
 
     def _sighting_update(self) -> Update:
         """Count sightings into a pattern row: each text field follows its latest sighting, instrument and
-        provenance the earliest (``PatternSighting``); a field the sighting leaves None keeps its value."""
+        provenance the earliest (``PatternSighting``); a field the sighting leaves None keeps its value.
+
+        Built once per dialect: the statement is large and every batch runs it.
+        """
+        cached = _SIGHTING_UPDATES.get(self.dialect)
+        if cached is None:
+            cached = _SIGHTING_UPDATES[self.dialect] = self._build_sighting_update()
+        return cached
+
+    def _build_sighting_update(self) -> Update:
         seen_at = bindparam("b_seen", type_=UTCDateTime())
         first_seen = bindparam("b_first_seen", type_=UTCDateTime())
         values: dict[str, Any] = {
