@@ -2,10 +2,10 @@
 
 A worker process that committed asks for a publish (``request_publish``); a background thread of that process
 publishes at most once per ``MIN_INTERVAL_S``, and not at all when a snapshot taken after its last commit is
-already published (by any worker). Across workers, a throttle key lets one snapshot be taken per interval;
-a worker whose commit is not covered yet tries again when the throttle ends. So a committed change is in
-Redis within about ``MIN_INTERVAL_S`` plus one snapshot's time, and the database answers at most about
-two snapshot queries a second whatever the number of workers.
+already published (by any worker). Across workers, a throttle key lets one snapshot be taken at a time and
+at most one per interval; a worker whose commit is not covered yet tries again when the throttle ends. So a
+committed change is in Redis within about ``MIN_INTERVAL_S`` plus one or two snapshots' time, and the
+database answers at most one snapshot query at a time whatever the number of workers.
 
 Publishing is off unless ``OSTINATO_READ_MODEL_PUBLISH`` is set (``1``/``true``/``on``): runners read
 through SQL by default, and a snapshot of every pattern is not free.
@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 MIN_INTERVAL_S = 0.5
 RECENT_ROWS = 5_000
 ENV_SWITCH = "OSTINATO_READ_MODEL_PUBLISH"
+HOLD_MS = 30_000
+"""Longest a snapshot may hold the throttle (a worker that dies taking one delays the next this long)."""
 
 _PUBLISH = """
 local previous = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -176,12 +178,18 @@ class Publisher:
         taken = self.client.get(self.keys.taken_at)
         if taken is not None and float(taken) > committed_at:
             return None  # a snapshot that began after the commit is published already
-        throttle_ms = max(1, int(self.min_interval * 1000))
-        if not self.client.set(self.keys.throttle, "1", nx=True, px=throttle_ms):
+        # The throttle is held while the snapshot is taken (a large store takes seconds), so snapshots never
+        # overlap, then kept for ``min_interval`` after it: at most one snapshot per interval in all.
+        if not self.client.set(self.keys.throttle, "1", nx=True, px=HOLD_MS):
             left = self.client.pttl(self.keys.throttle)
-            return max(int(left), 10) / 1000
+            return min(max(int(left), 10), 250) / 1000
         self._last_publish = time.monotonic()
-        publish_read_model(self.store, self.client, self.settings)
+        try:
+            publish_read_model(self.store, self.client, self.settings)
+        except BaseException:
+            self.client.delete(self.keys.throttle)
+            raise
+        self.client.set(self.keys.throttle, "1", px=max(1, int(self.min_interval * 1000)))
         self.published += 1
         return None
 
