@@ -27,7 +27,7 @@ import structlog
 from sqlalchemy import Select, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ostinato.producers.readmodel import Keys, encode, keys, tables
+from ostinato.producers.readmodel import Keys, encode, keys, memory_store, tables
 from ostinato.schema.tables import (
     error_recoveries,
     escalation_decisions,
@@ -108,7 +108,11 @@ def publish_read_model(store: Store, client: redis.Redis, settings: Settings) ->
     """Take a snapshot now and publish it; the new version, or 0 when a later snapshot was already there."""
     names = keys(settings)
     taken_at = time.time()
-    blob = encode(snapshot(store), taken_at)
+    copy = memory_store(snapshot(store))
+    try:
+        blob = encode(copy)
+    finally:
+        copy.engine.dispose()
     version = client.eval(
         _PUBLISH, 3, names.snapshot, names.version, names.taken_at, blob, repr(taken_at), names.channel
     )
