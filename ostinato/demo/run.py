@@ -22,7 +22,7 @@ from ostinato.demo.backends import Backend, EmbeddedBackend, ServerBackend, why_
 from ostinato.demo.runner import RunnerSpec, quiet_logs
 from ostinato.demo.show import live_table, store_figures, summary
 from ostinato.demo.tally import Tally
-from ostinato.demo.world import DRIFT_AT, JobPlan, job_plans
+from ostinato.demo.world import JobPlan, job_plans
 from ostinato.schema.records import PatternDiscoveryEvent
 from ostinato.settings import Settings, redact_url
 from ostinato.workers.maintenance import PASSES
@@ -89,11 +89,9 @@ def _run(backend: Backend, options: DemoOptions, seed: int, console: Console) ->
     discoveries = 0
     announced: set[str] = set()
     subscription = backend.subscribe(found.put)
-    deadline = time.time() + options.duration
     settings = backend.settings.model_dump(mode="json")
-    drift_at = deadline - options.duration * (1 - DRIFT_AT)
     specs = [
-        RunnerSpec(p, run_id, rng.randrange(2**31), deadline, drift_at, settings, backend.embedded)
+        RunnerSpec(p, run_id, rng.randrange(2**31), options.duration, settings, backend.embedded)
         for p in plans
     ]
     runners = [backend.start_runner(spec) for spec in specs]

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from ostinato.demo.world import (
+    DRIFT_AT,
     RATE_LIMIT_CHANCE,
     RATE_LIMIT_CODE,
     RATE_LIMIT_SECONDS,
@@ -49,10 +50,9 @@ class RunnerSpec:
     plan: JobPlan
     run_id: str
     seed: int
-    deadline: float
-    """Wall-clock time (``time.time()``) after which no new sheet starts."""
-    drift_at: float
-    """Wall-clock time of the world's model update (``world.DRIFT_AT``)."""
+    duration: float
+    """Seconds of sheets, counted from the runner's own start: a runner process that took long to start
+    (a loaded machine) still runs its sheets for that long."""
     settings: dict[str, Any]
     embedded: str | None = None
     """The embedded store's path; None to publish through the servers of ``settings``."""
@@ -82,19 +82,22 @@ def make_client(spec: RunnerSpec, before_send: BeforeSend | None = None) -> Clie
 
 
 def run_runner(spec: RunnerSpec, report: Report, sleep: Callable[[float], None] = time.sleep) -> None:
-    """Run sheets until the deadline; every event goes to ``report`` as ``(kind, job, wall time, data)``."""
+    """Run sheets for ``spec.duration`` seconds; each event goes to ``report`` as (kind, job, time, data)."""
     if spec.embedded is None:
         quiet_logs()  # a runner process of its own: its logs go to the demo's terminal too
     rng = random.Random(spec.seed)
     plan = spec.plan
     sent = SentTails()
     with make_client(spec, sent) as client:
-        report.put(("started", plan.name, time.time(), {"job_hash": client.job_hash}))
+        started = time.time()
+        deadline = started + spec.duration
+        drift_at = started + spec.duration * DRIFT_AT
+        report.put(("started", plan.name, started, {"job_hash": client.job_hash}))
         sheet_num = 0
-        while time.time() < spec.deadline:
+        while time.time() < deadline:
             status = client.rate_limit_status(plan.model)
             if status.limited and status.seconds_left:
-                waited = min(status.seconds_left, max(0.0, spec.deadline - time.time()))
+                waited = min(status.seconds_left, max(0.0, deadline - time.time()))
                 sleep(waited)
                 client.record_error_recovery(
                     status.error_code or RATE_LIMIT_CODE, RATE_LIMIT_SECONDS, waited, True, model=plan.model
@@ -103,7 +106,7 @@ def run_runner(spec: RunnerSpec, report: Report, sleep: Callable[[float], None] 
             check = plan.sheets[sheet_num % len(plan.sheets)]
             context = PatternContext(validation_types=[check])
             chosen = client.relevant_patterns(context, RELEVANT_LIMIT, rng=rng)
-            drifted = time.time() >= spec.drift_at
+            drifted = time.time() >= drift_at
             run = run_sheet(plan, sheet_num, [p.pattern_id for p in chosen], rng, drifted=drifted)
             if plan.model == RATE_LIMITED_MODEL and rng.random() < RATE_LIMIT_CHANCE:
                 client.report_rate_limit(plan.model, RATE_LIMIT_CODE, RATE_LIMIT_SECONDS)
