@@ -104,11 +104,14 @@ def image_store(blob: bytes, clock: Callable[[], datetime] | None = None) -> Sto
 
     if not blob.startswith(MAGIC):
         raise ValueError(f"read model format {blob[:4]!r}, expected {MAGIC!r}")
-    image = zlib.decompress(blob[len(MAGIC) :])
+    images = [zlib.decompress(blob[len(MAGIC) :])]
 
     def connect() -> sqlite3.Connection:
+        # One connection (StaticPool) per copy; the image is not kept beside the database made from it.
+        if not images:
+            raise sqlite3.OperationalError("this read model copy is closed")
         connection = sqlite3.connect(":memory:", check_same_thread=False)
-        connection.deserialize(image)
+        connection.deserialize(images.pop())
         return connection
 
     engine = create_store_engine("sqlite://", poolclass=StaticPool, creator=connect)
@@ -183,6 +186,7 @@ class Loaded:
     loaded_at: float
     store: Store
     lock: threading.Lock
+    closed: bool = False
 
 
 class ReadModel:
@@ -209,6 +213,8 @@ class ReadModel:
         self._clock = clock
         self._redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
         self._current: Loaded | None = None
+        self._retired: Loaded | None = None
+        self._refresh_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._stop = threading.Event()
         self._users = 0
@@ -259,6 +265,10 @@ class ReadModel:
 
     def refresh(self) -> bool:
         """Load the published snapshot when it is newer than the copy; True when it loaded one."""
+        with self._refresh_lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         published = self._redis.get(self.keys.version)
         if published is None or int(published) <= self.version:
             self._first.set()
@@ -268,10 +278,15 @@ class ReadModel:
             return False
         taken_at = float(self._redis.get(self.keys.taken_at) or 0.0)
         store = image_store(blob, self._clock)
-        # The previous copy is not disposed: a read that took it a moment ago finishes on it, and it is
-        # freed with the last reference.
+        # The previous copy stays open until the next swap (a read that took it a moment ago finishes on
+        # it); the one before it is closed now, under its lock, so old images never pile up in memory.
+        retired, self._retired = self._retired, self._current
         self._current = Loaded(int(version), taken_at, time.time(), store, threading.Lock())
         self._first.set()
+        if retired is not None:
+            with retired.lock:
+                retired.closed = True
+                retired.store.engine.dispose()
         log.debug("read_model_loaded", version=int(version), bytes=len(blob))
         return True
 
@@ -280,9 +295,12 @@ class ReadModel:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
-        current, self._current = self._current, None
-        if current is not None:
-            current.store.engine.dispose()
+        for loaded in (self._retired, self._current):
+            if loaded is not None:
+                with loaded.lock:
+                    loaded.closed = True
+                    loaded.store.engine.dispose()
+        self._current = self._retired = None
         self._redis.close()
 
     def _run(self) -> None:
@@ -335,12 +353,16 @@ class ReadModelPreflight(Preflight):
     def _read(self, what: str, neutral: T, work: Callable[[Store], T]) -> T:
         from sqlalchemy.exc import SQLAlchemyError
 
-        current = self.model.current()
-        if current is None:
-            return neutral
-        with current.lock:
-            try:
-                return work(current.store)
-            except SQLAlchemyError as error:
-                log.warning("read_model_read_failed", read=what, error=str(error))
+        for _ in range(3):  # a copy closed while this read waited for it: the newer one answers
+            current = self.model.current()
+            if current is None:
                 return neutral
+            with current.lock:
+                if current.closed:
+                    continue
+                try:
+                    return work(current.store)
+                except SQLAlchemyError as error:
+                    log.warning("read_model_read_failed", read=what, error=str(error))
+                    return neutral
+        return neutral

@@ -338,3 +338,22 @@ def test_a_worker_publishes_after_its_commit(
             assert time.monotonic() - started < 20, "the worker's commit never reached the read model"
             time.sleep(0.02)
     print(f"read model, report to visible through a worker: {(time.monotonic() - started) * 1000:.0f} ms")
+
+
+def test_old_copies_are_closed_two_versions_later(
+    pg_store: Store, redis_client: redis.Redis, model: ReadModel
+) -> None:
+    pattern_id = pg_store.record_pattern("semantic_insight", "kept", None, ["validation:file_exists"])
+    local = ReadModelPreflight(get_settings(), model=model)
+    seen = []
+    for _ in range(3):
+        version = publish_read_model(pg_store, redis_client, get_settings())
+        model.refresh()
+        assert model.version == version
+        seen.append(model.current())
+        found = local.relevant_patterns(CONTEXTS[0], rng=random.Random(0))
+        assert [p.pattern_id for p in found] == [pattern_id]
+    first, second, third = seen
+    assert first is not None and first.closed
+    assert second is not None and not second.closed
+    assert third is not None and not third.closed
