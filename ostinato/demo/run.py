@@ -27,7 +27,8 @@ from ostinato.schema.records import PatternDiscoveryEvent
 from ostinato.settings import Settings, redact_url
 from ostinato.workers.maintenance import PASSES
 
-DRAIN_TIMEOUT = 20.0
+DRAIN_TIMEOUT = 60.0
+"""How long the demo waits for the workers to apply what the runners published (a loaded machine is slow)."""
 FINISH_GRACE = 5.0
 REFRESH_SECONDS = 0.5
 
