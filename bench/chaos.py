@@ -1,7 +1,8 @@
 """Faults injected into a real deployment, and what each one cost: ``python bench/chaos.py``.
 
 Every scenario runs real processes (producer processes on the producer library, ``celery`` workers) against a
-Redis and a PostgreSQL this benchmark starts on free ports (``servers.py``), and kills or restarts only those.
+Redis and a PostgreSQL this benchmark starts on free ports (the test suite's ``redis_server.py`` and
+``postgres_server.py``), and kills or restarts only those.
 Each outcome a producer publishes applies one probe pattern, so a message applied twice would show as a
 second application row. Per scenario it prints what was sent (calls that returned an id), stored, lost,
 doubled and dead-lettered, and how long the store took to catch up after the fault ended.
@@ -12,9 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
-from servers import PostgresInstance, RedisInstance
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import Engine
 
@@ -32,6 +34,10 @@ from ostinato.broker import INGEST_QUEUE
 from ostinato.database import migrate_database
 from ostinato.schema.tables import dead_letters, executions, pattern_applications
 from ostinato.workers.store import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the suite's private servers
+from postgres_server import PostgresServer
+from redis_server import RedisServer
 
 HERE = Path(__file__).resolve().parent
 PROBE = ("chaos_probe", "applied by every outcome")
@@ -56,16 +62,16 @@ class Row:
 class Deployment:
     """One scenario's Redis, database, key prefix and spool, and the processes that use them."""
 
-    def __init__(self, name: str, postgres: PostgresInstance, *, aof: bool = False) -> None:
+    def __init__(self, name: str, postgres: PostgresServer, *, aof: bool = False) -> None:
         self.name = name
-        self.redis = RedisInstance(aof=aof)
+        self.redis = RedisServer(persistent=aof)
         self.redis.start()
         self.postgres = postgres
-        self.database_url = postgres.url.rsplit("/", 1)[0] + f"/chaos_{name}_{uuid.uuid4().hex[:6]}"
+        self.database_url = postgres.url(f"chaos_{name}_{uuid.uuid4().hex[:6]}")
         migrate_database(self.database_url)
         self.engine: Engine = create_engine(self.database_url, pool_pre_ping=True)
         self.probe = Store(self.engine).record_pattern(PROBE[0], PROBE[1], "chaos benchmark probe")
-        self.work = Path(self.redis.dir)
+        self.work = Path(tempfile.mkdtemp(prefix=f"ostinato-chaos-{name}-"))
         self.ids = self.work / "sent.ids"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("OSTINATO_")},
@@ -149,12 +155,13 @@ class Deployment:
         for process in self.processes:
             kill_group(process)
         self.engine.dispose()
-        admin = create_engine(self.postgres.url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+        admin = create_engine(self.postgres.url(), isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             name = self.database_url.rsplit("/", 1)[1]
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
         self.redis.cleanup()
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -188,7 +195,7 @@ def tree_rss_mb(pid: int) -> float:
 
 
 @contextmanager
-def deployment(name: str, postgres: PostgresInstance, **options: bool) -> Iterator[Deployment]:
+def deployment(name: str, postgres: PostgresServer, **options: bool) -> Iterator[Deployment]:
     setup = Deployment(name, postgres, **options)
     try:
         yield setup
@@ -204,7 +211,7 @@ IN_MEMORY_QUEUE = 20_000
 """The sender's in-memory queue: callers meet the full-spool policy only once it is full too."""
 
 
-def spool_full(postgres: PostgresInstance, policy: str, count: int) -> Row:
+def spool_full(postgres: PostgresServer, policy: str, count: int) -> Row:
     """Redis is away while a producer publishes more than its spool holds; then Redis comes back."""
     with deployment(f"spool_full_{policy}", postgres) as d:
         d.redis.stop()
@@ -223,7 +230,7 @@ def spool_full(postgres: PostgresInstance, policy: str, count: int) -> Row:
         return d.row(time.monotonic() - back, producer_report(d))
 
 
-def worker_sigkill(postgres: PostgresInstance, count: int) -> Row:
+def worker_sigkill(postgres: PostgresServer, count: int) -> Row:
     """A whole worker is SIGKILLed while it holds messages; a new one starts at once, default settings."""
     with deployment("worker_sigkill", postgres) as d:
         d.producer(count, pause=0.001).wait(SETTLE_TIMEOUT)  # small batches: many task messages
@@ -237,13 +244,14 @@ def worker_sigkill(postgres: PostgresInstance, count: int) -> Row:
         return d.row(time.monotonic() - killed, f"{held} task messages held at the kill")
 
 
-def redis_restart(postgres: PostgresInstance, count: int) -> Row:
+def redis_restart(postgres: PostgresServer, count: int) -> Row:
     """Redis (with AOF) restarts while the worker holds messages; the worker must still be running after."""
     with deployment("redis_restart_aof", postgres, aof=True) as d:
         worker = d.worker()
         producer = d.producer(count, pause=0.002)
         wait_for(lambda: d.held() > 0, 60, "the worker to hold messages")
-        d.redis.restart()
+        d.redis.stop()
+        d.redis.start()
         back = time.monotonic()
         producer.wait(SETTLE_TIMEOUT)
         d.settle()
@@ -251,7 +259,7 @@ def redis_restart(postgres: PostgresInstance, count: int) -> Row:
         return d.row(time.monotonic() - back, "worker alive afterwards" if alive else "WORKER EXITED")
 
 
-def postgres_outage(postgres: PostgresInstance, count: int, outage: float = 30.0) -> Row:
+def postgres_outage(postgres: PostgresServer, count: int, outage: float = 30.0) -> Row:
     """PostgreSQL stops for ``outage`` seconds while outcomes arrive; the worker's memory is watched."""
     with deployment("postgres_stop_30s", postgres) as d:
         worker = d.worker()
@@ -276,7 +284,7 @@ def postgres_outage(postgres: PostgresInstance, count: int, outage: float = 30.0
         )
 
 
-def producer_sigkill(postgres: PostgresInstance, count: int) -> Row:
+def producer_sigkill(postgres: PostgresServer, count: int) -> Row:
     """A durable-mode producer is SIGKILLed mid-stream; the next producer on its spool resends the rest."""
     with deployment("producer_sigkill_durable", postgres) as d:
         d.worker()
@@ -290,7 +298,7 @@ def producer_sigkill(postgres: PostgresInstance, count: int) -> Row:
         return d.row(time.monotonic() - killed, f"killed after {calls} of {count} calls returned")
 
 
-def overload(postgres: PostgresInstance, count: int, bound: int = 20, producers: int = 4) -> Row:
+def overload(postgres: PostgresServer, count: int, bound: int = 20, producers: int = 4) -> Row:
     """Producers at full speed against one slow worker, with a small queue bound."""
     with deployment("overload", postgres) as d:
         worker = d.worker(concurrency=1, ingest_queue_bound=str(bound))
@@ -364,7 +372,7 @@ def produce(count: int, ids: Path, probe: str, pause: float) -> None:
     client.close()
 
 
-SCENARIOS: dict[str, Callable[[PostgresInstance, int], Row]] = {
+SCENARIOS: dict[str, Callable[[PostgresServer, int], Row]] = {
     "spool_full_block": lambda pg, n: spool_full(pg, "block", n),
     "spool_full_raise": lambda pg, n: spool_full(pg, "raise", n),
     "worker_sigkill": worker_sigkill,
@@ -394,7 +402,7 @@ def main() -> None:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
-    postgres = PostgresInstance()
+    postgres = PostgresServer()
     postgres.start()
     rows = []
     try:
