@@ -283,7 +283,7 @@ def demo(
     options = DemoOptions(runners, duration, seed, embedded, store)
     result = run_demo(options, get_settings(), console)
     again = "ostinato patterns  (or stats, entropy, drift, budget, dead-letters list)"
-    if result.database_url != get_settings().database_url:
+    if result.mode == "embedded" and result.database_url != get_settings().database_url:
         again = f"OSTINATO_DATABASE_URL={result.database_url} {again}"
     console.print(f"look again: {again}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.engine import make_url
 
 from ostinato.demo.backends import Backend, EmbeddedBackend, ServerBackend, why_no_servers
 from ostinato.demo.runner import RunnerSpec, quiet_logs
@@ -69,7 +70,8 @@ def run_demo(options: DemoOptions, settings: Settings, console: Console) -> Demo
         )
         backend = ServerBackend(settings)
     else:
-        path = (options.embedded_path or settings.embedded_path).expanduser().resolve()
+        path = (options.embedded_path or _configured_sqlite(settings) or settings.embedded_path).expanduser()
+        path = path.resolve()
         console.print(
             f"[bold]ostinato demo[/] in embedded mode ({reason}): everything runs in this process, "
             f"the store is {path} (seed {seed})"
@@ -164,6 +166,14 @@ def _discovery_line(event: PatternDiscoveryEvent, tally: Tally, announced: set[s
         )
     announced.add(event.pattern_id)
     return f"[cyan]discovery[/] {event.pattern_name} [dim]({event.pattern_type})[/] from {job}"
+
+
+def _configured_sqlite(settings: Settings) -> Path | None:
+    """The file of a configured ``sqlite:///`` store: the demo runs embedded on it rather than elsewhere."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        return Path(url.database)
+    return None
 
 
 def _all_reported(tally: Tally, plans: list[JobPlan], stopped_at: float) -> bool:
